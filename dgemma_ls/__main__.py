@@ -1,0 +1,47 @@
+"""`dgemma-ls`: start the language server on stdio (the default) or on a TCP port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dgemma_ls import __version__
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="dgemma-ls",
+        description="Language server for inline completions, fill-in-the-middle and JSON / Markdown-table "
+        "repair with a DiffusionGemma model on the CPU.",
+    )
+    parser.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    parser.add_argument("--tcp", action="store_true", help="listen for one client on a TCP port instead of stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind with --tcp (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=2087, help="port for --tcp (default: 2087)")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="checkpoint directory (default: the embedded model); the dgemma.model setting overrides it")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="level of the log written to stderr (default: WARNING)")
+    parser.add_argument("--version", action="version", version=f"dgemma-ls {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # stdout carries the protocol on stdio: every log line goes to stderr
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+
+    from dgemma_ls.server import build_server  # after logging: importing torch is slow and may log
+
+    server = build_server(cli_model=args.model)
+    if args.tcp:
+        server.start_tcp(args.host, args.port)
+    else:
+        server.start_io()
+
+
+if __name__ == "__main__":
+    main()

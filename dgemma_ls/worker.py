@@ -1,0 +1,98 @@
+"""The one thread that owns the Engine: it loads the model and runs every model call.
+
+The Engine is not thread-safe, so nothing else touches it. Callers get concurrent futures and
+pass a `should_stop` predicate that the engine polls every denoising step. Knows nothing
+about LSP or documents.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from engine import Cancelled, Engine, EngineError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ModelUnavailable(Exception):
+    """No model to run: still loading, or the last load failed (the message says which)."""
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ModelWorker:
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgemma-model")
+        self._closing = threading.Event()
+        self._load_generation = 0  # bumped per load(); a superseded load never installs its engine
+        self.engine: Engine | None = None
+        self.description: str = ""  # engine.describe() of the installed engine
+        self.unavailable_reason: str = "the model has not been loaded yet"
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    def load(self, path: str | None, device: str, dtype: str) -> Future[str]:
+        """Replace the engine; resolves to its one-line description or raises EngineError."""
+        self._load_generation += 1
+        generation = self._load_generation
+        self.engine = None
+        self.description = ""
+        self.unavailable_reason = "the model is loading"
+
+        def task() -> str:
+            if generation != self._load_generation or self._closing.is_set():
+                raise Cancelled("a newer model load superseded this one")
+            try:
+                engine = Engine.load(path, device=resolve_device(device), dtype=dtype)
+            except EngineError as error:
+                if generation == self._load_generation:
+                    self.unavailable_reason = f"the model failed to load: {error}"
+                raise
+            except Exception as error:  # a broken checkpoint must not look like a server bug
+                if generation == self._load_generation:
+                    self.unavailable_reason = f"the model failed to load: {error!r}"
+                raise EngineError(f"loading {path or 'the embedded model'} failed: {error!r}") from error
+            if generation != self._load_generation:
+                raise Cancelled("a newer model load superseded this one")
+            self.engine = engine
+            self.description = engine.describe()
+            return self.description
+
+        return self._pool.submit(task)
+
+    def run(self, job: Callable[[Engine | None], T], should_stop: Callable[[], bool], *,
+            needs_engine: bool = True) -> Future[T]:
+        """Queue `job(engine)`; it is skipped (Cancelled) if `should_stop()` is already true.
+
+        Without an engine the job fails with ModelUnavailable, unless `needs_engine` is False:
+        then it runs with `engine=None` (the repairs still work without a model).
+        """
+
+        def task() -> T:
+            if should_stop() or self._closing.is_set():
+                raise Cancelled("superseded before it started")
+            engine = self.engine
+            if engine is None and needs_engine:
+                raise ModelUnavailable(self.unavailable_reason)
+            return job(engine)
+
+        return self._pool.submit(task)
+
+    def stop_requested(self) -> bool:
+        return self._closing.is_set()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
