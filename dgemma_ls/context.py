@@ -384,6 +384,10 @@ def build_context(
     in_literal = tree.tree is not None and _in_literal(tree, cursor)
     if scope is None:
         scope = "line" if in_literal else detected
+    elif scope == "block" and detected != "block":
+        # Filling a body in place (a placeholder, a selection): the fill's lines sit at the
+        # cursor's indentation, inside a block opened one level out.
+        outer_indent = indent[: -len(unit)] if indent.endswith(unit) else ""
     return FimContext(
         prefix=prefix,
         suffix=suffix,
