@@ -1,0 +1,212 @@
+"""The engine as callers see it: load a checkpoint, generate text, fill a middle.
+
+Owns the prompt KV cache that consecutive calls share (keystroke-by-keystroke editing
+re-encodes only the tokens after the common prefix). Not thread-safe: one caller thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+from .config import GenerationConfig
+from .errors import EngineError
+from .generate import Draft, denoise, generate
+from .infill import candidate_lengths, extract_middle, plan_canvas, plan_fim, stack_plans
+from .model import KVCache
+from .sampler import CounterNoise, TorchNoise
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = Path(__file__).parent / "default_model"
+
+
+@dataclass
+class Infill:
+    text: str  # the middle, fillers and end-of-text removed
+    tokens: int
+    steps: int
+    tokens_per_forward: float
+    ms: float
+    score: float  # mean log-probability of the middle's tokens
+    hole: int  # hole length the middle was denoised in
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int
+    steps: list[int]
+    tokens_per_forward: float
+    ms: float
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise EngineError(f"unknown device {device!r}; use cpu, cuda or auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"device {device!r} requested but no CUDA GPU is available")
+    return device
+
+
+class Engine:
+    def __init__(self, model, config, generation: GenerationConfig, tokenizer: Tokenizer, root: Path):
+        self.model, self.config, self.generation, self.tokenizer, self.root = (
+            model, config, generation, tokenizer, root)
+        self._cache: KVCache | None = None
+        self._cached_ids: list[int] = []
+        self.encoded_tokens = 0  # prompt tokens actually encoded, for reuse accounting
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto") -> "Engine":
+        """Load a checkpoint directory or HF cache snapshot; None loads the embedded default model."""
+        if path is None:
+            path = DEFAULT_MODEL
+            if not (DEFAULT_MODEL / "model.safetensors").exists():
+                raise EngineError(f"the embedded default model is missing ({DEFAULT_MODEL}); pass a model path")
+        device = resolve_device(device)
+        model, config, gen, root = load_model(path, dtype=dtype, device=device)
+        tokenizer = Tokenizer(root / "tokenizer.json", bos_id=config.bos_token_id,
+                              eos_ids=gen.eos_token_id or config.eos_ids, pad_id=config.pad_token_id)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise EngineError(f"{root / 'tokenizer.json'}: {tokenizer.vocab_size} tokens but the model has "
+                              f"{config.vocab_size} embeddings")
+        return cls(model, config, gen, tokenizer, root)
+
+    def describe(self) -> str:
+        params = self.model.num_parameters()
+        return (f"{self.root.name}: DiffusionGemma {params / 1e6:.1f}M params, {self.config.num_hidden_layers} "
+                f"layers, {self.config.num_experts} experts top-{self.config.top_k_experts}, canvas "
+                f"{self.config.canvas_length}, {str(self.model.dtype).removeprefix('torch.')} on {self.model.device}")
+
+    # ---- prompt KV reuse -------------------------------------------------------------------
+
+    def prefill(self, ids: list[int]) -> KVCache:
+        """The cache holding exactly `ids`, re-encoding only what follows the longest shared prefix."""
+        if not ids:
+            raise EngineError("empty prompt: the encoder needs at least one token")
+        cache = self._cache
+        if cache is None or cache.batch != 1:
+            cache = self._cache = KVCache(self.config, 1, self.model.dtype, self.model.device)
+            self._cached_ids = []
+        shared = 0
+        for a, b in zip(self._cached_ids, ids):
+            if a != b:
+                break
+            shared += 1
+        cache.truncate(shared)
+        new = ids[shared:]
+        if new:
+            self.model.encode(torch.tensor([new], device=self.model.device), cache)
+            self.encoded_tokens += len(new)
+        self._cached_ids = list(ids)
+        return cache
+
+    def _generation(self, steps, entropy_bound) -> GenerationConfig:
+        gen = GenerationConfig(**{**self.generation.__dict__})
+        if steps is not None:
+            gen.max_denoising_steps = int(steps)
+        if entropy_bound is not None:
+            gen.entropy_bound = float(entropy_bound)
+        try:
+            gen.validate()
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        return gen
+
+    def _noise(self, seed: int | None, exact: bool):
+        if exact:
+            if seed is not None:
+                torch.manual_seed(seed)
+            return TorchNoise(self.config.vocab_size)
+        return CounterNoise(self.config.vocab_size, seed or 0)
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def generate(self, prompt: str, *, max_new_tokens: int | None = None, steps: int | None = None,
+                 entropy_bound: float | None = None, seed: int | None = 0, exact: bool = False,
+                 on_step: Callable[[Draft], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Completion:
+        """Continue `prompt`. `exact=True` draws noise like transformers' generate (torch RNG)."""
+        gen = self._generation(steps, entropy_bound)
+        ids = ([self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []) + self.tokenizer.encode(prompt)
+        cache = self.prefill(ids)
+        self._cached_ids = []  # generate commits canvases into the cache: do not reuse it blindly
+        self._cache = None
+        out = generate(self.model, torch.empty((1, 0), dtype=torch.long, device=self.model.device), gen,
+                       noise=self._noise(seed, exact), cache=cache, max_new_tokens=max_new_tokens,
+                       on_step=on_step, should_stop=should_stop)
+        new = out.new_tokens[0].tolist()
+        stop = set(gen.eos_token_id)
+        text_ids = []
+        for t in new:
+            if t in stop:
+                break
+            text_ids.append(t)
+        return Completion(self.tokenizer.decode(text_ids), len(text_ids), out.steps,
+                          float(out.tokens_per_forward[0]), out.ms)
+
+    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, num_candidates: int = 1,
+               steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
+               mode: str = "canvas", context_tokens: int = 32, exact: bool = False,
+               should_stop: Callable[[], bool] | None = None,
+               on_step: Callable[[int, str], None] | None = None) -> list[Infill]:
+        """Fill the middle between `prefix` and `suffix`; candidates come best first, deduplicated."""
+        t0 = time.perf_counter()
+        if max_middle_tokens < 1:
+            raise EngineError(f"max_middle_tokens must be >= 1, got {max_middle_tokens}")
+        if mode not in ("canvas", "fim"):
+            raise EngineError(f"unknown infill mode {mode!r}; use canvas or fim")
+        tok = self.tokenizer
+        gen = self._generation(steps, entropy_bound)
+        pre, suf = tok.encode(prefix), tok.encode(suffix)
+        eos = tok.eos_ids[0] if tok.eos_ids else None
+        hole_cap = max(1, min(max_middle_tokens, self.config.canvas_length - 2 * min(context_tokens, 8)))
+        if mode == "fim":
+            if not tok.has_fim:
+                raise EngineError("this checkpoint's tokenizer has no FIM tokens; use mode='canvas'")
+            lengths = [min(max_middle_tokens, self.config.canvas_length)]
+            plans = [plan_fim(pre, suf, n, bos=tok.bos_id, fim_prefix=tok.fim_prefix_id,
+                              fim_suffix=tok.fim_suffix_id, fim_middle=tok.fim_middle_id) for n in lengths]
+        else:
+            lengths = [hole_cap] if tok.filler_id is not None else candidate_lengths(hole_cap)
+            longest = max(lengths)
+            # shorter holes see more of the suffix, so every row's canvas is about as wide
+            plans = [plan_canvas(pre, suf, n, bos=tok.bos_id, eos=eos, tail=context_tokens,
+                                 head=context_tokens + longest - n) for n in lengths]
+        rows = [p for p in plans for _ in range(num_candidates)]
+        cache = self.prefill(plans[0].prompt)
+        canvas_known, clamped = stack_plans(rows, tok.pad_id or 0, self.model.device)
+        noise = self._noise(seed, exact)
+        canvas = torch.where(clamped, canvas_known, noise.canvas(*canvas_known.shape, self.model.device))
+
+        def report(draft: Draft):
+            if on_step is not None:
+                row = draft.argmax[0, rows[0].hole]
+                on_step(draft.step, tok.decode(extract_middle(row, filler=tok.filler_id, stop_ids=set())))
+
+        result = denoise(self.model, self.model.decoder_context(cache, len(rows)), cache.length, canvas, gen,
+                         noise, clamped=clamped, on_step=report if on_step else None, should_stop=should_stop)
+        ms = (time.perf_counter() - t0) * 1000
+        stop_ids = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
+        found: dict[str, Infill] = {}
+        for i, plan in enumerate(rows):
+            hole_tokens = result.argmax[i, plan.hole]
+            middle = extract_middle(hole_tokens, filler=tok.filler_id, stop_ids=stop_ids)
+            score = float(result.logprob[i, plan.hole].mean())
+            text = tok.decode(middle)
+            forwards = int(result.forwards[i])
+            candidate = Infill(text, len(middle), forwards, len(middle) / max(forwards, 1), ms, score,
+                               plan.hole.stop - plan.hole.start)
+            if text not in found or found[text].score < score:
+                found[text] = candidate
+        return sorted(found.values(), key=lambda c: -c.score)

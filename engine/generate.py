@@ -1,0 +1,142 @@
+"""Block-autoregressive diffusion generation: prefill, denoise a canvas, commit it, repeat.
+
+`denoise` refines one canvas (optionally with clamped, known positions: the infilling path);
+`generate` is the outer loop, which in reference mode (TorchNoise) reproduces transformers'
+DiffusionGemma `generate` token for token under the same seed. Knows token ids, not text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+import kernels
+
+from .config import GenerationConfig
+from .errors import Cancelled
+from .model import DecoderContext, DiffusionGemma, KVCache
+from .sampler import StableAndConfident, TorchNoise, temperature
+
+
+@dataclass
+class Draft:
+    """What a per-step callback sees: the current argmax canvas (B, C) and where we are."""
+
+    canvas_index: int
+    step: int  # denoising steps taken so far on this canvas (1-based)
+    max_steps: int
+    argmax: torch.Tensor
+    accepted: torch.Tensor  # (B, C) bool: positions accepted this step
+
+
+@dataclass
+class Denoised:
+    argmax: torch.Tensor  # (B, C) final canvas
+    forwards: torch.Tensor  # (B,) decoder passes each row needed
+    logprob: torch.Tensor  # (B, C) log p(argmax token) at the last step
+
+
+@dataclass
+class Generation:
+    sequences: torch.Tensor  # (B, prompt + k * C), pad after eos
+    new_tokens: torch.Tensor  # (B, k * C)
+    forwards: torch.Tensor  # (B,)
+    tokens_per_forward: torch.Tensor  # (B,)
+    ms: float
+    steps: list[int] = field(default_factory=list)  # denoising steps per canvas
+
+
+@torch.no_grad()
+def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: torch.Tensor,
+            gen: GenerationConfig, noise, *, clamped: torch.Tensor | None = None, canvas_index: int = 0,
+            on_step: Callable[[Draft], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Denoised:
+    """Refine `canvas` (B, C) at positions [start, start + C) until stable and confident or out of steps.
+
+    Clamped positions (B, C) keep their tokens: never renoised, never overwritten, always visible."""
+    B, C = canvas.shape
+    N = gen.max_denoising_steps
+    stopper = StableAndConfident(gen.stability_threshold, gen.confidence_threshold)
+    finished = torch.zeros(B, dtype=torch.bool, device=canvas.device)
+    forwards = torch.zeros(B, dtype=torch.int32, device=canvas.device)
+    free = None if clamped is None else ~clamped
+    argmax, sc_logits = canvas, None
+    for taken, step in enumerate(range(N, 0, -1), start=1):
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        forwards += ~finished
+        hidden = model.decode(canvas, context, start, sc_logits=sc_logits)
+        processed = model.logits(hidden) / temperature(step, N, gen.t_min, gen.t_max)  # (B, C, V)
+        sample, new_argmax, ent = noise.sample(processed, step)
+        renoise_tokens = noise.renoise(B, C, canvas.device, step)
+        new_canvas, accepted = kernels.entropy_accept(ent, canvas, sample, clamped, gen.entropy_bound,
+                                                      renoise_tokens)
+        if clamped is not None:
+            new_argmax = torch.where(clamped, canvas, new_argmax)
+        if finished.any():  # finished rows keep their state; only the batch keeps running
+            new_argmax = torch.where(finished[:, None], argmax, new_argmax)
+            new_canvas = torch.where(finished[:, None], canvas, new_canvas)
+            processed = torch.where(finished[:, None, None], sc_logits.float(), processed)
+        # confidence over the free positions: clamped ones are known, not predicted
+        mean_entropy = ent.mean(-1) if free is None else (ent * free).sum(-1) / free.sum(-1).clamp(min=1)
+        finished |= stopper(new_argmax, mean_entropy)
+        sc_logits = processed.to(model.dtype)
+        canvas, argmax = new_canvas, new_argmax
+        if on_step is not None:
+            on_step(Draft(canvas_index, taken, N, argmax, accepted))
+        if finished.all():
+            break
+    logprob = torch.log_softmax(processed.float(), -1).gather(-1, argmax[..., None])[..., 0]
+    return Denoised(argmax, forwards, logprob)
+
+
+@torch.no_grad()
+def generate(model: DiffusionGemma, prompt: torch.Tensor, gen: GenerationConfig, *, noise=None,
+             cache: KVCache | None = None, max_new_tokens: int | None = None,
+             on_step: Callable[[Draft], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Generation:
+    """Generate after `prompt` (B, T). With `cache`, `prompt` holds only the tokens not yet in it.
+
+    Canvases are committed by encoding their argmax tokens (as the reference and vLLM do)."""
+    t0 = time.perf_counter()
+    B = prompt.shape[0]
+    C = model.config.canvas_length
+    noise = noise or TorchNoise(model.config.vocab_size)
+    if cache is None:
+        cache = KVCache(model.config, B, model.dtype, prompt.device)
+    max_new = max_new_tokens or gen.max_new_tokens
+    eos = torch.tensor(gen.eos_token_id, dtype=torch.long, device=prompt.device)
+    sequences = prompt
+    finished_seq = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    forwards = torch.zeros(B, dtype=torch.int32, device=prompt.device)
+    steps = []
+    pending = prompt
+    for canvas_index in range(-(-max_new // C)):
+        if pending.shape[1]:
+            model.encode(pending, cache)
+        canvas = noise.canvas(B, C, prompt.device)
+        result = denoise(model, model.decoder_context(cache, B), cache.length, canvas, gen, noise,
+                         canvas_index=canvas_index, on_step=on_step, should_stop=should_stop)
+        forwards += torch.where(finished_seq, torch.zeros_like(result.forwards), result.forwards)
+        steps.append(int(result.forwards.max()))
+        block = result.argmax.clone()
+        has_eos = torch.isin(block, eos).any(-1) if len(gen.eos_token_id) else torch.zeros_like(finished_seq)
+        if gen.pad_token_id is not None:
+            block[finished_seq] = gen.pad_token_id
+            is_eos = torch.isin(block, eos)
+            seen = is_eos.cumsum(-1)
+            after_eos = (seen > 0) & ~((seen == 1) & is_eos)
+            block[after_eos & has_eos[:, None] & ~finished_seq[:, None]] = gen.pad_token_id
+        sequences = torch.cat([sequences, block], dim=-1)
+        finished_seq |= has_eos
+        if finished_seq.all():
+            break
+        pending = block
+    new_tokens = sequences[:, prompt.shape[1]:]
+    valid = (new_tokens != gen.pad_token_id).sum(-1) if gen.pad_token_id is not None else \
+        torch.full((B,), new_tokens.shape[1], device=prompt.device)
+    return Generation(sequences, new_tokens, forwards, valid / forwards.clamp(min=1),
+                      (time.perf_counter() - t0) * 1000, steps)

@@ -1,0 +1,327 @@
+"""DiffusionGemma text model: one weight set run as a causal encoder and a bidirectional decoder.
+
+The encoder appends the prompt's keys/values to a KVCache; the decoder refines a canvas whose
+queries attend to [cached prompt ; canvas] and never writes the cache. Knows nothing about
+tokenization, sampling or checkpoint files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+from .config import LayerSpec, ModelConfig
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    # fp32 statistics and pow(-0.5), as the reference does to stay equal across backends
+    xf = x.float()
+    out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    if weight is not None:
+        out = out * weight.float()
+    return out.type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, with_scale: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if with_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rope_inv_freq(spec: LayerSpec) -> torch.Tensor:
+    """Inverse frequencies (head_dim // 2,): 'default' RoPE, or 'proportional' partial RoPE padded with zeros.
+
+    Always on the CPU (also when the model is built on the meta device); moved with the model."""
+    rope, dim = spec.rope, spec.head_dim
+    if rope.kind == "proportional":
+        angles = int(rope.partial_rotary_factor * dim // 2)
+        rotated = 1.0 / (rope.theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64, device="cpu").float() / dim))
+        inv = torch.cat([rotated, torch.zeros(dim // 2 - angles, device="cpu")])
+        return inv / rope.factor
+    rot_dim = int(dim * rope.partial_rotary_factor)
+    return 1.0 / (rope.theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64, device="cpu").float() / rot_dim))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, T, heads, D); cos/sin: (B or 1, T, D)
+    return x * cos.unsqueeze(2) + rotate_half(x) * sin.unsqueeze(2)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, spec: LayerSpec):
+        super().__init__()
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        self.spec = spec
+        self.window = config.sliding_window if spec.sliding else None
+        self.q_proj = nn.Linear(hidden, heads * spec.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, spec.num_kv_heads * spec.head_dim, bias=False)
+        # full-attention layers have no v_proj: values are the (pre-norm) keys
+        self.v_proj = nn.Linear(hidden, spec.num_kv_heads * spec.head_dim, bias=False) if spec.sliding else None
+        self.o_proj = nn.Linear(heads * spec.head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(spec.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(spec.head_dim, config.rms_norm_eps)
+        self.eps = config.rms_norm_eps
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x (B, T, hidden) -> q (B, Hq, T, D), k and v (B, Hkv, T, D)."""
+        B, T, _ = x.shape
+        D = self.spec.head_dim
+        q = apply_rope(self.q_norm(self.q_proj(x).view(B, T, -1, D)), cos, sin)
+        k_raw = self.k_proj(x).view(B, T, -1, D)
+        v = self.v_proj(x).view(B, T, -1, D) if self.v_proj is not None else k_raw
+        k = apply_rope(self.k_norm(k_raw), cos, sin)
+        v = rms_norm(v, None, self.eps)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+class Layer(nn.Module):
+    def __init__(self, config: ModelConfig, spec: LayerSpec):
+        super().__init__()
+        H, I, eps = config.hidden_size, config.intermediate_size, config.rms_norm_eps
+        self.top_k = config.top_k_experts
+        self.self_attn = Attention(config, spec)
+        self.mlp_gate = nn.Linear(H, I, bias=False)
+        self.mlp_up = nn.Linear(H, I, bias=False)
+        self.mlp_down = nn.Linear(I, H, bias=False)
+        self.router_proj = nn.Linear(H, config.num_experts, bias=False)
+        self.router_scale = nn.Parameter(torch.ones(H))
+        self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
+        self.experts_gate_up = nn.Parameter(torch.empty(config.num_experts, 2 * config.moe_intermediate_size, H))
+        self.experts_down = nn.Parameter(torch.empty(config.num_experts, H, config.moe_intermediate_size))
+        for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                     "post_feedforward_layernorm", "post_feedforward_layernorm_1",
+                     "pre_feedforward_layernorm_2", "post_feedforward_layernorm_2"):
+            setattr(self, name, RMSNorm(H, eps))
+        # the encoder and decoder share every weight but keep their own layer scalar
+        self.encoder_scalar = nn.Parameter(torch.ones(1))
+        self.decoder_scalar = nn.Parameter(torch.ones(1))
+        self.eps = eps
+
+    def route(self, x: torch.Tensor):
+        """x (T, H) -> top-k weights (T, K) fp32 and expert ids (T, K)."""
+        h = rms_norm(x, None, self.eps) * self.router_scale * (x.shape[-1] ** -0.5)
+        probs = F.softmax(self.router_proj(h), dim=-1, dtype=torch.float32)
+        weights, index = torch.topk(probs, self.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights * self.per_expert_scale[index], index
+
+    def forward(self, x: torch.Tensor, cos, sin, attend, scalar: torch.Tensor) -> torch.Tensor:
+        """`attend(q, k, v) -> (B, Hq, T, D)` decides which keys the queries see (cache, canvas, masks)."""
+        B, T, H = x.shape
+        q, k, v = self.self_attn.project(self.input_layernorm(x), cos, sin)
+        a = attend(q, k, v).transpose(1, 2).reshape(B, T, -1)
+        x = x + self.post_attention_layernorm(self.self_attn.o_proj(a))
+
+        h = self.pre_feedforward_layernorm(x)
+        dense = self.post_feedforward_layernorm_1(
+            self.mlp_down(F.gelu(self.mlp_gate(h), approximate="tanh") * self.mlp_up(h))
+        )
+        flat = x.reshape(-1, H)
+        weights, index = self.route(flat)  # routing reads the residual stream, the experts its norm
+        routed = kernels.moe_experts(
+            self.pre_feedforward_layernorm_2(flat), index, weights, self.experts_gate_up, self.experts_down
+        )
+        routed = self.post_feedforward_layernorm_2(routed.reshape(B, T, H))
+        x = x + self.post_feedforward_layernorm(dense + routed)
+        return x * scalar
+
+
+class KVCache:
+    """Per-layer keys/values of everything encoded so far, (B, Hkv, capacity, D), grown on demand.
+
+    Keeps every position (also for sliding layers) so a prompt can be truncated to a shared
+    prefix and re-extended: keystroke-by-keystroke editing reuses it.
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, dtype: torch.dtype, device, capacity: int = 512):
+        self.config, self.batch, self.dtype, self.device = config, batch, dtype, device
+        self.length = 0
+        self.keys = [torch.empty(batch, s.num_kv_heads, capacity, s.head_dim, dtype=dtype, device=device)
+                     for s in config.layers]
+        self.values = [torch.empty_like(k) for k in self.keys]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def reserve(self, length: int):
+        if length <= self.capacity:
+            return
+        new_cap = max(length, 2 * self.capacity)
+        for store in (self.keys, self.values):
+            for i, t in enumerate(store):
+                grown = t.new_empty(t.shape[0], t.shape[1], new_cap, t.shape[3])
+                grown[:, :, : self.length] = t[:, :, : self.length]
+                store[i] = grown
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        end = start + k.shape[2]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def truncate(self, length: int):
+        self.length = min(self.length, length)
+
+
+@dataclass
+class DecoderContext:
+    """What canvas queries see of the prompt: per-layer (k, v) and the per-kind boolean masks (None = all)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    masks: dict[bool, torch.Tensor | None]  # keyed by spec.sliding
+
+
+class DiffusionGemma(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Layer(config, spec) for spec in config.layers)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        H, I = config.hidden_size, config.intermediate_size
+        self.sc_pre_norm = RMSNorm(H, config.rms_norm_eps)
+        self.sc_gate = nn.Linear(H, I, bias=False)
+        self.sc_up = nn.Linear(H, I, bias=False)
+        self.sc_down = nn.Linear(I, H, bias=False)
+        self._inv_freq = {spec: rope_inv_freq(spec) for spec in set(config.layers)}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def embed_scale(self) -> torch.Tensor:
+        # the reference keeps sqrt(hidden) as a fp32 buffer and casts it to the weight dtype
+        return torch.tensor(self.config.hidden_size**0.5, dtype=torch.float32).to(self.dtype)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(ids) * self.embed_scale()
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        """positions (B or 1, T) -> {spec: (cos, sin)} each (B or 1, T, D)."""
+        out = {}
+        for spec, inv in self._inv_freq.items():
+            freqs = positions[..., None].float() * inv.to(positions.device)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            out[spec] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tied LM head with final-logit softcapping, fp32 (…, vocab)."""
+        logits = F.linear(hidden, self.embed.weight).float()
+        cap = self.config.final_logit_softcapping
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def soft_embedding(self, sc_logits: torch.Tensor) -> torch.Tensor:
+        """softmax(previous logits) @ embedding, scaled like token embeddings: (B, C, V) -> (B, C, H)."""
+        return kernels.soft_embedding(sc_logits, self.embed.weight, self.embed_scale())
+
+    def self_condition(self, embeds: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        if soft is None:  # first step: a zero signal, which the block maps to zero
+            soft = torch.zeros_like(embeds)
+        h = self.sc_pre_norm(soft)
+        signal = self.sc_down(F.gelu(self.sc_gate(h), approximate="tanh") * self.sc_up(h))
+        return rms_norm(embeds + signal, None, self.config.rms_norm_eps)
+
+    # ---- encoder -----------------------------------------------------------------------------
+
+    def encode(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Causal pass over new tokens ids (B, T) at positions [cache.length, +T); appends their KV.
+
+        Returns the final normed hidden states (B, T, H)."""
+        B, T = ids.shape
+        start = cache.length
+        cache.reserve(start + T)
+        positions = torch.arange(start, start + T, device=ids.device)[None]
+        ropes = self.rope(positions, self.dtype)
+        q_pos = positions[0, :, None]
+        k_pos = torch.arange(start + T, device=ids.device)[None, :]
+        causal = k_pos <= q_pos
+        masks = {False: causal, True: causal & (k_pos > q_pos - self.config.sliding_window)}
+        x = self.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            spec = self.config.layers[i]
+
+            def attend(q, k, v, i=i, sliding=spec.sliding):
+                k_all, v_all = cache.write(i, start, k, v)
+                return F.scaled_dot_product_attention(
+                    q, k_all, v_all, attn_mask=masks[sliding], scale=1.0, enable_gqa=True)
+
+            x = layer(x, *ropes[spec], attend, layer.encoder_scalar)
+        cache.length = start + T
+        return self.norm(x)
+
+    # ---- decoder -----------------------------------------------------------------------------
+
+    def decoder_context(self, cache: KVCache, batch: int) -> DecoderContext:
+        """The cached prompt as the canvas sees it; sliding layers see the last window-1 positions."""
+        L, W = cache.length, self.config.sliding_window
+        keys, values = [], []
+        for i, spec in enumerate(self.config.layers):
+            start = max(0, L - W + 1) if spec.sliding else 0
+            k, v = cache.keys[i][:, :, start:L], cache.values[i][:, :, start:L]
+            if k.shape[0] != batch:
+                k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+            keys.append(k)
+            values.append(v)
+        return DecoderContext(keys, values, {False: None, True: None})
+
+    def decode(self, canvas: torch.Tensor, context: DecoderContext, start: int,
+               sc_logits: torch.Tensor | None = None, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional pass over canvas (B, C) at positions [start, start + C) -> hidden (B, C, H).
+
+        Self-conditioning comes from the previous step's logits (`sc_logits`) or precomputed `soft`."""
+        B, C = canvas.shape
+        positions = torch.arange(start, start + C, device=canvas.device)[None]
+        ropes = self.rope(positions, self.dtype)
+        if soft is None and sc_logits is not None:
+            soft = self.soft_embedding(sc_logits)
+        x = self.self_condition(self.embed_tokens(canvas), soft)
+        for i, layer in enumerate(self.layers):
+            spec = self.config.layers[i]
+            ctx_k, ctx_v, mask = context.keys[i], context.values[i], context.masks[spec.sliding]
+
+            def attend(q, k, v, ctx_k=ctx_k, ctx_v=ctx_v, mask=mask):
+                return F.scaled_dot_product_attention(q, torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2),
+                                                      attn_mask=mask, scale=1.0, enable_gqa=True)
+
+            x = layer(x, *ropes[spec], attend, layer.decoder_scalar)
+        return self.norm(x)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def init_weights(model: DiffusionGemma, std: float = 0.02, seed: int = 0):
+    """Random init for tiny test checkpoints and training from scratch."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("_scalar") or "norm" in name or name.endswith("scale"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        for layer in model.layers:
+            layer.mlp_down.weight.mul_(1 / math.sqrt(2 * len(model.layers)))
+            layer.experts_down.mul_(1 / math.sqrt(2 * len(model.layers)))
+            layer.self_attn.o_proj.weight.mul_(1 / math.sqrt(2 * len(model.layers)))
