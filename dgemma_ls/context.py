@@ -155,12 +155,15 @@ def opens_block(code: str, language: str) -> bool:
 
 
 def _in_literal(tree: SyntaxTree, cursor: int) -> bool:
+    """Whether the cursor is inside a string, or inside or at the end of a comment."""
     byte = tree.byte_offset(cursor)
-    for node in tree.ancestors(cursor):
-        if ("string" in node.type or "comment" in node.type) and (
-            node.start_byte < byte < node.end_byte
-            or (node.type == "comment" and node.end_byte == byte)
-        ):
+    nodes = list(tree.ancestors(cursor))
+    if cursor > 0 and tree.text[cursor - 1] != "\n":
+        nodes += tree.ancestors(cursor - 1)
+    for node in nodes:
+        if "comment" in node.type and node.start_byte < byte <= node.end_byte:
+            return True
+        if "string" in node.type and node.start_byte < byte < node.end_byte:
             return True
     return False
 
@@ -256,6 +259,8 @@ def _prefix_window(
         grown -= 1
     if keep_imports and grown > imports_end:
         return lines.join(0, imports_end) + lines.join(grown, row), grown
+    if keep_imports:
+        return lines.join(0, row), 0
     return lines.join(grown, row), grown
 
 
