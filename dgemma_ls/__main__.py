@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-from dgemma_ls import __version__
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -23,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="checkpoint directory (default: the embedded model); the dgemma.model setting overrides it")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="level of the log written to stderr (default: WARNING)")
-    parser.add_argument("--version", action="version", version=f"dgemma-ls {__version__}")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser.parse_args(argv)
 
 
@@ -34,8 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.log_level != "DEBUG":
         logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
 
-    from dgemma_ls.server import build_server  # after logging: importing torch is slow and may log
+    from dgemma_ls.server import VERSION, build_server  # after logging: importing torch is slow and may log
 
+    if args.version:
+        print(f"dgemma-ls {VERSION}")
+        return
     server = build_server(cli_model=args.model)
     if args.tcp:
         server.start_tcp(args.host, args.port)

@@ -22,14 +22,6 @@ class ModelUnavailable(Exception):
     """No model to run: still loading, or the last load failed (the message says which)."""
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class ModelWorker:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgemma-model")
@@ -55,7 +47,7 @@ class ModelWorker:
             if generation != self._load_generation or self._closing.is_set():
                 raise Cancelled("a newer model load superseded this one")
             try:
-                engine = Engine.load(path, device=resolve_device(device), dtype=dtype)
+                engine = Engine.load(path, device=device, dtype=dtype)
             except EngineError as error:
                 if generation == self._load_generation:
                     self.unavailable_reason = f"the model failed to load: {error}"

@@ -1,0 +1,247 @@
+"""The server's model work as plain functions of text, str offsets and Settings.
+
+Functions taking an `engine` run on the model worker thread; the rest are pure. Results are
+str-offset `Edit`s plus the `Usage` the model calls cost. Knows nothing about LSP.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from dgemma_ls import context, postprocess, repair_json, repair_markdown
+from dgemma_ls.settings import Settings
+from dgemma_ls.syntax import SyntaxTree
+from dgemma_ls.textedits import minimal_edits
+
+StopPredicate = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace text[start:end] by new_text (str offsets into the text it was computed on)."""
+
+    start: int
+    end: int
+    new_text: str
+
+
+@dataclass
+class Usage:
+    """What the model calls behind one result cost."""
+
+    steps: int = 0
+    tokens: int = 0
+    forwards: float = 0.0
+    ms: float = 0.0
+
+    def add(self, infills: Sequence) -> None:
+        for infill in infills:
+            self.steps += infill.steps
+            self.tokens += infill.tokens
+            self.ms += infill.ms
+            if infill.tokens_per_forward > 0:
+                self.forwards += infill.tokens / infill.tokens_per_forward
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / self.forwards if self.forwards else 0.0
+
+
+@dataclass
+class Result:
+    edits: list[Edit]
+    usage: Usage = field(default_factory=Usage)
+
+
+def token_counter(engine) -> Callable[[str], int]:
+    return lambda text: len(engine.tokenizer.encode(text))
+
+
+def build_context(engine, tree: SyntaxTree, cursor: int, settings: Settings, *, replace_end: int | None = None,
+                  scope: str | None = None, extra: Sequence[context.Snippet] = ()) -> context.FimContext:
+    return context.build_context(
+        tree,
+        cursor,
+        count_tokens=token_counter(engine),
+        prefix_budget=settings.prefix_tokens,
+        suffix_budget=settings.suffix_tokens,
+        extra=extra,
+        replace_end=replace_end,
+        scope=scope,
+    )
+
+
+def generate(engine, ctx, settings: Settings, num_candidates: int, should_stop: StopPredicate, usage: Usage) -> list[str]:
+    """Raw middles for a context; raises engine.Cancelled when should_stop() turns true."""
+    infills = engine.infill(
+        ctx.prefix,
+        ctx.suffix,
+        max_middle_tokens=min(ctx.max_middle_tokens, settings.max_middle_tokens),
+        num_candidates=num_candidates,
+        steps=settings.steps,
+        entropy_bound=settings.entropy_bound,
+        should_stop=should_stop,
+    )
+    usage.add(infills)
+    return [infill.text for infill in infills]
+
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+
+
+def printable(middle: str) -> str:
+    """The middle without control characters and U+FFFD (a token cut inside a UTF-8
+    sequence): neither belongs in a source file the user is typing."""
+    return _UNPRINTABLE.sub("", middle)
+
+
+def accepted(middles: Sequence[str], ctx) -> list[str]:
+    """Post-processed, non-empty, de-duplicated middles in the engine's order."""
+    out: list[str] = []
+    for middle in middles:
+        final = postprocess.finalize(printable(middle), ctx)
+        if final and final.strip() and final not in out:
+            out.append(final)
+    return out
+
+
+@dataclass(frozen=True)
+class Hole:
+    """text[start:end] is to be replaced by a fill of the given scope (None: read from the syntax)."""
+
+    start: int
+    end: int
+    scope: str | None = None
+
+
+def fill_hole(engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate,
+              usage: Usage, num_candidates: int = 2) -> Edit | None:
+    """A model-written replacement for a hole, or None if every candidate was rejected."""
+    ctx = build_context(engine, tree, hole.start, settings, replace_end=hole.end, scope=hole.scope)
+    middles = generate(engine, ctx, settings, num_candidates, should_stop, usage)
+    finals = accepted(middles, ctx)
+    return Edit(hole.start, hole.end, finals[0]) if finals else None
+
+
+def fill_holes(engine, text: str, language: str, holes: Sequence[Hole], settings: Settings,
+               should_stop: StopPredicate) -> Result:
+    """Fill each hole independently against the same text; edits are in document order."""
+    tree = SyntaxTree(text, language)  # a private parse: the live tree belongs to the event loop
+    result = Result([])
+    for hole in sorted(holes, key=lambda h: (h.start, h.end)):
+        edit = fill_hole(engine, tree, hole, settings, should_stop, result.usage)
+        if edit is not None:
+            result.edits.append(edit)
+    return result
+
+
+def model_fill(engine, settings: Settings, should_stop: StopPredicate, usage: Usage):
+    """A `fill(prefix, suffix, max_tokens) -> list[str]` callable for the repair modules;
+    None without an engine, which makes the repairs deterministic."""
+    if engine is None:
+        return None
+
+    def fill(prefix: str, suffix: str, max_tokens: int) -> list[str]:
+        infills = engine.infill(
+            prefix,
+            suffix,
+            max_middle_tokens=max(1, min(max_tokens, settings.max_middle_tokens)),
+            steps=settings.steps,
+            entropy_bound=settings.entropy_bound,
+            should_stop=should_stop,
+        )
+        usage.add(infills)
+        return [printable(infill.text) for infill in infills]
+
+    return fill
+
+
+def _edits(old: str, new: str) -> list[Edit]:
+    return [Edit(start, end, new_text) for start, end, new_text in minimal_edits(old, new)]
+
+
+def repair_json_text(engine, text: str, settings: Settings, should_stop: StopPredicate) -> Result:
+    started = time.perf_counter()
+    usage = Usage()
+    repaired = repair_json.repair_json(text, fill=model_fill(engine, settings, should_stop, usage))
+    usage.ms = usage.ms or (time.perf_counter() - started) * 1000
+    return Result(_edits(text, repaired.text) if repaired.changed else [], usage)
+
+
+def repair_markdown_text(engine, text: str, start: int | None, end: int | None, settings: Settings,
+                         should_stop: StopPredicate) -> Result:
+    started = time.perf_counter()
+    usage = Usage()
+    fill = model_fill(engine, settings, should_stop, usage)
+    repaired = repair_markdown.repair_tables(text, fill=fill, start=start, end=end)
+    usage.ms = usage.ms or (time.perf_counter() - started) * 1000
+    return Result(_edits(text, repaired), usage)
+
+
+def json_needs_repair(tree: SyntaxTree) -> bool:
+    return tree.error_count() > 0
+
+
+def tables_needing_repair(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Spans of the Markdown tables touching [start, end] that deterministic repair changes."""
+    spans = []
+    for table in repair_markdown.find_tables(text):
+        if table.end < start or table.start > end:
+            continue
+        source = text[table.start : table.end]
+        if repair_markdown.repair_table(source, None) != source:
+            spans.append((table.start, table.end))
+    return spans
+
+
+# -- the completion cache ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Candidates computed for a cursor in one version of a document."""
+
+    version: int | None
+    offset: int
+    text: str
+    candidates: tuple[str, ...]
+    num_candidates: int
+
+
+class CompletionCache:
+    """Last candidates per document, re-served when the user types into them.
+
+    If the text differs from the cached text only by characters typed at the cached cursor and
+    those characters start a candidate, the rest of that candidate is the answer: no model call.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, Shown] = {}
+
+    def put(self, uri: str, shown: Shown) -> None:
+        self._last[uri] = shown
+
+    def forget(self, uri: str) -> None:
+        self._last.pop(uri, None)
+
+    def lookup(self, uri: str, version: int | None, offset: int, text: str, num_candidates: int) -> Shown | None:
+        shown = self._last.get(uri)
+        if shown is None or shown.num_candidates < num_candidates:
+            return None
+        if shown.version == version and shown.offset == offset:
+            return shown
+        typed = offset - shown.offset
+        if typed <= 0 or len(text) - len(shown.text) != typed:
+            return None
+        if text[: shown.offset] != shown.text[: shown.offset] or text[offset:] != shown.text[shown.offset :]:
+            return None
+        prefix = text[shown.offset : offset]
+        rest = tuple(c[typed:] for c in shown.candidates if c.startswith(prefix) and len(c) > typed)
+        if not rest:
+            return None
+        follow = Shown(version, offset, text, rest, shown.num_candidates)
+        self._last[uri] = follow
+        return follow

@@ -1,0 +1,159 @@
+"""Inline completion (Automatic / Invoked / selectedCompletionInfo), the completion fallback,
+the type-through cache and stale-request handling, end to end against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from lsp_support import CLIENTS, FAST, Doc, eventually, session
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# The cursor sits in a comment: any single line is valid there, so a random-weight model's
+# text survives post-processing and the tests can check placement exactly.
+CODE = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
+CURSOR = CODE.index("the \n") + len("the ")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=CLIENTS)
+async def client(request, tiny_model_dir):
+    async with session(request.param, model=tiny_model_dir) as client:
+        yield client
+
+
+def inline_params(doc: Doc, offset: int, kind: types.InlineCompletionTriggerKind,
+                  selected: types.SelectedCompletionInfo | None = None) -> types.InlineCompletionParams:
+    return types.InlineCompletionParams(
+        context=types.InlineCompletionContext(trigger_kind=kind, selected_completion_info=selected),
+        text_document=doc.identifier(),
+        position=doc.position(offset),
+    )
+
+
+def apply_item(doc: Doc, item: types.InlineCompletionItem) -> str:
+    assert isinstance(item.insert_text, str) and item.range is not None
+    return doc.applied([types.TextEdit(range=item.range, new_text=item.insert_text)])
+
+
+async def test_automatic_trigger_gives_one_item_that_inserts_at_the_cursor(client):
+    doc = Doc(client, CODE)
+    result = await client.text_document_inline_completion_async(
+        inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Automatic)
+    )
+    assert result is not None and len(result.items) == 1
+    item = result.items[0]
+    assert item.insert_text.strip()
+    assert item.range == doc.range(CURSOR, CURSOR)
+    assert apply_item(doc, item) == CODE[:CURSOR] + item.insert_text + CODE[CURSOR:]
+
+
+async def test_invoked_trigger_gives_distinct_candidates_that_each_apply_cleanly(client):
+    doc = Doc(client, CODE)
+    result = await client.text_document_inline_completion_async(
+        inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked)
+    )
+    assert result is not None and 1 <= len(result.items) <= 3
+    texts = [item.insert_text for item in result.items]
+    assert len(set(texts)) == len(texts)
+    for item in result.items:
+        assert apply_item(doc, item) == CODE[:CURSOR] + item.insert_text + CODE[CURSOR:]
+
+
+async def test_selected_completion_is_extended_over_its_range(client):
+    text = "import os\n# read it with os.pa\nprint(os.sep)\n"
+    doc = Doc(client, text)
+    cursor = text.index("os.pa\n") + len("os.pa")
+    word = cursor - len("pa")
+    selected = types.SelectedCompletionInfo(range=doc.range(word, cursor), text="path")
+    result = await client.text_document_inline_completion_async(
+        inline_params(doc, cursor, types.InlineCompletionTriggerKind.Invoked, selected)
+    )
+    assert result is not None and result.items
+    for item in result.items:
+        assert item.range == doc.range(word, cursor)
+        assert item.insert_text.startswith("path") and len(item.insert_text) > len("path")
+        assert apply_item(doc, item) == text[:word] + item.insert_text + text[cursor:]
+
+
+async def test_typing_into_a_shown_completion_is_answered_from_the_cache(client):
+    doc = Doc(client, CODE)
+    first = await client.text_document_inline_completion_async(
+        inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Automatic)
+    )
+    shown = first.items[0].insert_text
+    if len(shown) < 2:
+        pytest.skip(f"the model's completion {shown!r} is too short to type into")
+    traces = len(client.traces)
+    doc.edit(CURSOR, CURSOR, shown[0])
+    second = await client.text_document_inline_completion_async(
+        inline_params(doc, CURSOR + 1, types.InlineCompletionTriggerKind.Automatic)
+    )
+    assert [item.insert_text for item in second.items] == [shown[1:]]
+    assert second.items[0].range == doc.range(CURSOR + 1, CURSOR + 1)
+    assert any("answered from the cache" in t for t in client.traces[traces:])
+
+
+async def test_completion_fallback_gives_one_text_edit_item(client):
+    text = "def area(width, height):\n    # multiply the width and the hei\n    return width * height\n"
+    doc = Doc(client, text)
+    cursor = text.index("hei\n") + len("hei")
+    result = await client.text_document_completion_async(
+        types.CompletionParams(
+            text_document=doc.identifier(),
+            position=doc.position(cursor),
+            context=types.CompletionContext(trigger_kind=types.CompletionTriggerKind.Invoked),
+        )
+    )
+    assert isinstance(result, types.CompletionList) and len(result.items) == 1
+    item = result.items[0]
+    edit = item.text_edit
+    assert isinstance(edit, types.TextEdit)
+    assert edit.range == doc.range(cursor - len("hei"), cursor)  # replaces the word being typed
+    assert edit.new_text.startswith("hei") and len(edit.new_text) > len("hei")
+    assert doc.applied([edit]) == text[:cursor] + edit.new_text[len("hei"):] + text[cursor:]
+
+
+async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
+    doc = Doc(client, CODE)
+    # Slow enough that the edit lands while the model is still denoising.
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 64}})
+    )
+    traces = len(client.traces)
+    pending = asyncio.ensure_future(
+        client.text_document_inline_completion_async(inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked))
+    )
+    await eventually(lambda: any("model started" in t for t in client.traces[traces:]), what="the model to start")
+    doc.edit(CURSOR, CURSOR, "x")
+    result = await pending
+    assert result is None or result.items == []
+    assert any("stopped" in t for t in client.traces[traces:])
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
+
+
+async def test_cancel_request_stops_the_model_and_the_server_keeps_answering(client):
+    doc = Doc(client, CODE)
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 64}})
+    )
+    traces = len(client.traces)
+    params = inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked)
+    pending = asyncio.ensure_future(
+        client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="cancel-me")
+    )
+    await eventually(lambda: any("model started" in t for t in client.traces[traces:]), what="the model to start")
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-me"))
+    try:
+        result = await pending
+        assert result is None or result.items == []
+    except Exception as error:  # pygls answers a cancelled request with RequestCancelled
+        assert "cancel" in str(error).lower()
+    await eventually(lambda: any("stopped" in t for t in client.traces[traces:]), what="the model to stop")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
+    again = await client.text_document_inline_completion_async(
+        inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Automatic)
+    )
+    assert again is not None and len(again.items) == 1
