@@ -230,15 +230,14 @@ def trim_overlap(middle: str, ctx: FimContext) -> str:
 
 
 def balance_brackets(middle: str, ctx: FimContext) -> str:
-    """Remove trailing closers of the middle that the suffix already has, or that close
-    nothing the prefix opened."""
+    """Remove closers at the end of the middle that the suffix already has or that close
+    nothing the prefix opened, and trailing closers of the wrong kind."""
     if ctx.in_literal or ctx.language in ("text", "markdown"):
         return middle
     open_in_prefix = unclosed_openers(ctx.prefix, ctx.language)
-    closable = max(0, len(open_in_prefix) - _outer_closers(ctx.suffix, ctx.language))
     depth = 0
     escaping = 0
-    unwanted = []
+    wrong_kind = []
     for index, char in bracket_events(middle, ctx.language):
         if char in OPENERS:
             depth += 1
@@ -246,22 +245,43 @@ def balance_brackets(middle: str, ctx: FimContext) -> str:
             depth -= 1
         else:
             target = len(open_in_prefix) - 1 - escaping
-            if escaping >= closable or target < 0 or open_in_prefix[target] != CLOSERS[char]:
-                unwanted.append(index)
+            if target < 0 or open_in_prefix[target] != CLOSERS[char]:
+                wrong_kind.append(index)
             escaping += 1
-    for index in reversed(unwanted):
+    for index in reversed(wrong_kind):
         if _TRAILING_JUNK.fullmatch(middle, index + 1):
             middle = middle[:index] + middle[index + 1 :]
+            escaping -= 1
+    # Closers beyond what the prefix left open, counting those the suffix brings: the last
+    # ones go, whichever opener they pair with inside the middle (`} else {...}` + `}`).
+    excess = escaping + _outer_closers(ctx.suffix, ctx.language) - len(open_in_prefix)
+    while excess > 0:
+        events = [i for i, char in bracket_events(middle, ctx.language) if char in CLOSERS]
+        if not events or not _TRAILING_JUNK.fullmatch(middle, events[-1] + 1):
+            break
+        middle = middle[: events[-1]] + middle[events[-1] + 1 :]
+        excess -= 1
     return middle
 
 
 def adds_errors(middle: str, ctx: FimContext) -> bool:
-    """Whether the windowed document parses with more ERROR/MISSING nodes with the middle
-    than without it."""
+    """Whether the windowed document parses worse with the middle than without it: more
+    ERROR/MISSING nodes, or as many but now touching the middle where none touched the
+    cursor before (`x = ` + `(1 +` trades one error for another)."""
     if ctx.language == "text":
         return False
-    without = errors_in(ctx.prefix + ctx.suffix, ctx.language)
-    return errors_in(ctx.prefix + middle + ctx.suffix, ctx.language) > without
+    without_text = ctx.prefix + ctx.suffix
+    with_text = ctx.prefix + middle + ctx.suffix
+    without = errors_in(without_text, ctx.language)
+    with_middle = errors_in(with_text, ctx.language)
+    if with_middle != without:
+        return with_middle > without
+    at = len(ctx.prefix)
+    return (
+        with_middle > 0
+        and errors_in(with_text, ctx.language, at, at + len(middle)) > 0
+        and errors_in(without_text, ctx.language, at, at) == 0
+    )
 
 
 def finalize(middle: str | None, ctx: FimContext, tree: SyntaxTree | None = None) -> str | None:

@@ -111,14 +111,23 @@ def count_errors(root: Node, start_byte: int = 0, end_byte: int | None = None) -
     return count
 
 
-@functools.lru_cache(maxsize=256)
-def errors_in(text: str, language: str) -> int:
-    """ERROR + MISSING nodes in a fresh parse of text (0 for plain text). Cached because
-    finalize compares many candidates against the same baseline."""
+@functools.lru_cache(maxsize=64)
+def parse(text: str, language: str) -> Tree | None:
+    """A fresh parse of text (None for plain text). Cached because finalize checks many
+    candidates against the same document without them."""
     parser = make_parser(language)
-    if parser is None:
+    return parser.parse(text.encode("utf-8")) if parser is not None else None
+
+
+def errors_in(text: str, language: str, start: int | None = None, end: int | None = None) -> int:
+    """ERROR + MISSING nodes in a fresh parse of text touching [start, end] (str offsets,
+    the whole text by default); 0 for plain text."""
+    tree = parse(text, language)
+    if tree is None:
         return 0
-    return count_errors(parser.parse(text.encode("utf-8")).root_node)
+    start_byte = len(text[:start].encode("utf-8")) if start is not None else 0
+    end_byte = len(text[:end].encode("utf-8")) if end is not None else None
+    return count_errors(tree.root_node, start_byte, end_byte)
 
 
 class SyntaxTree:
