@@ -132,7 +132,7 @@ def _with_todo(tree: SyntaxTree, node: Node, kind: str) -> FillTarget:
 
 def _empty_body(tree: SyntaxTree, body: Node) -> FillTarget | None:
     """The fillable part of a function body with nothing in it: the inside of `{}`, a lone
-    `pass`, or the end of a lone docstring."""
+    `pass` or `...` (with its TODO comment), or the end of a lone docstring."""
     statements = [child for child in body.named_children if child.type != "comment"]
     if body.type == "statement_block":
         if body.named_child_count:
@@ -143,9 +143,10 @@ def _empty_body(tree: SyntaxTree, body: Node) -> FillTarget | None:
         return None
     docstring = bool(statements) and _is_docstring(statements[0])
     rest = statements[1:] if docstring else statements
-    if rest and [s.type for s in rest] == ["pass_statement"] and _trailing_comment(rest[0]) is None:
-        start, end = tree.node_span(rest[0])
-        return FillTarget(start, end, "empty_body", "block")
+    if len(rest) == 1 and rest[0].type == "pass_statement":
+        return _with_todo(tree, rest[0], "empty_body")
+    if len(rest) == 1 and _is_ellipsis(rest[0]):
+        return _with_todo(tree, rest[0], "ellipsis")
     if docstring and not rest:
         end = tree.node_span(statements[0])[1]
         return FillTarget(end, end, "empty_body", "block")

@@ -115,6 +115,7 @@ class _Fixer:
         self.notes: list[str] = []
         self.last_kind = ""  # token kind of the last significant token
         self.skip_newline = False  # a comment alone on its line went: so does its line break
+        self.skip_spaces = False  # a comment that led its line went: so do the spaces after it
 
     def note(self, message: str) -> None:
         if message not in self.notes:
@@ -146,12 +147,14 @@ class _Fixer:
             text = token.text
             if self.skip_newline and "\n" in text:
                 text = text.replace("\n", "", 1)
-            self.skip_newline = False
+            elif self.skip_spaces:
+                text = text.lstrip(" \t")
+            self.skip_newline = self.skip_spaces = False
             self.emit(text, significant=False)
             if "\n" in token.text and frame.kind != "top":
                 frame.multiline = True
             return
-        self.skip_newline = False
+        self.skip_newline = self.skip_spaces = False
         if token.kind == "comment":
             self.remove_comment(token)
             return
@@ -171,13 +174,16 @@ class _Fixer:
         self.note("removed comments (JSON has none)")
         line_start = self.text.rfind("\n", 0, token.start) + 1
         end = token.start + len(token.text)
-        alone = not self.text[line_start : token.start].strip() and self.text[end : end + 1] in ("\n", "")
-        if alone:
-            if self.out and not self.out[-1].strip():
-                self.out[-1] = self.out[-1].rstrip(" \t")
+        leads_line = not self.text[line_start : token.start].strip()
+        ends_line = self.text[end : end + 1] in ("\n", "")
+        if ends_line and self.out and not self.out[-1].strip():
+            self.out[-1] = self.out[-1].rstrip(" \t")
+        if leads_line and ends_line:
             self.skip_newline = True
         elif "\n" in token.text:
             self.emit("\n", significant=False)
+        elif leads_line:
+            self.skip_spaces = True
 
     def value(self, frame: _Frame, token: _Token) -> None:
         if frame.state == "comma" and self.structural:
@@ -382,6 +388,10 @@ def _model_pass(text: str, fill: Fill) -> tuple[str, bool]:
         if not holes:
             break
         start, end = holes[0]
+        if start == end:
+            # A MISSING node sits right after the last good token: `"a":| ,` reads better
+            # filled as `"a": 1,`.
+            start = end = start + len(text[start:]) - len(text[start:].lstrip(" \t"))
         hole = text[start:end]
         prefix, suffix = text[:start], text[end:]
         candidates = fill(prefix[-PREFIX_CHARS:], suffix[:SUFFIX_CHARS], 16 + len(hole) // 2) or []
@@ -544,9 +554,10 @@ def _collect_missing(tree: SyntaxTree, node, schema: dict, root: dict, out: list
         first_start = tree.node_span(pairs[0])[0]
         if len(pairs) > 1:
             gap = text[tree.node_span(pairs[-2])[1] : tree.node_span(pairs[-1])[0]]
+            separator = "," + gap[gap.index(",") + 1 :] if "," in gap else ", "
         else:
-            gap = "," + text[tree.node_span(node)[0] + 1 : first_start]
-        separator = "," + gap[gap.index(",") + 1 :] if "," in gap else ", "
+            inside = text[tree.node_span(node)[0] + 1 : first_start]
+            separator = "," + inside if "\n" in inside else ", "
         for key in missing:
             out.append((after, separator, key, properties.get(key, {})))
     else:

@@ -1,0 +1,167 @@
+"""repair_json(): broken JSON in, valid JSON out with the user's data and formatting kept.
+The model comes in as a fill callable; here it is a table of candidates per call."""
+
+import json
+
+import pytest
+
+from dgemma_ls.repair_json import default_value, repair_json
+from dgemma_ls.textedits import apply_edits, minimal_edits
+
+
+@pytest.mark.parametrize(
+    "broken, expected, notes",
+    [
+        ('{"a": 1}', '{"a": 1}', []),
+        ('{"a": 1 "b": 2}', '{"a": 1, "b": 2}', ["inserted missing commas"]),
+        ('{"a": [1 2 3]}', '{"a": [1, 2, 3]}', ["inserted missing commas"]),
+        ('{"a": 1,}', '{"a": 1}', ["removed trailing commas"]),
+        ('{"tags": ["a", "b",],}', '{"tags": ["a", "b"]}', ["removed trailing commas"]),
+        ("[1,, 2]", "[1, 2]", ["removed extra commas"]),
+        ("[1, 2", "[1, 2]", ["closed unclosed brackets"]),
+        ('{"a": [1, 2}', '{"a": [1, 2]}', ["closed unclosed brackets"]),
+        ('{"a": 1}}', '{"a": 1}', ["removed unmatched closing brackets"]),
+        ("[1, 2]]", "[1, 2]", ["removed unmatched closing brackets"]),
+        ('{"a": "x}', '{"a": "x"}', ["closed unterminated strings"]),
+        ('{"a": "line\n}', '{"a": "line"\n}', ["closed unterminated strings"]),
+        ("{'a': 'it\\'s \"q\"'}", '{"a": "it\'s \\"q\\""}', ["replaced single quotes with double quotes"]),
+        ("{a: 1, $b_2: 2}", '{"a": 1, "$b_2": 2}', ["quoted unquoted keys"]),
+        ('{"a": True, "b": None, "c": False}', '{"a": true, "b": null, "c": false}',
+         ["replaced True with true", "replaced None with null", "replaced False with false"]),
+        ('{"a": hello}', '{"a": "hello"}', ["quoted bare words"]),
+        ('{"a" 1}', '{"a": 1}', ["inserted missing colons"]),
+        ('{"a": , "b": 2}', '{"a": null, "b": 2}', ["inserted null for missing values"]),
+        ('{"a"}', '{"a": null}', ["inserted null for missing values"]),
+        ('// settings\n{\n  "a": 1, // one\n  /* two */ "b": 2\n}\n', '{\n  "a": 1,\n  "b": 2\n}\n',
+         ["removed comments (JSON has none)"]),
+        ('{\n  "a": [1, 2,\n  "b": {"c": 3\n', '{\n  "a": [1, 2],\n  "b": {"c": 3\n  }\n}\n',
+         ["closed unclosed brackets"]),
+        ('{\n  "name": "x",\n  "list": [\n    1,\n    2\n', '{\n  "name": "x",\n  "list": [\n    1,\n    2\n  ]\n}\n',
+         ["closed unclosed brackets"]),
+        ('{"n": NaN, "m": -Infinity}', '{"n": NaN, "m": -Infinity}', []),
+    ],
+)
+def test_deterministic_repairs(broken, expected, notes):
+    result = repair_json(broken)
+    assert (result.text, result.notes, result.valid, result.used_model) == (expected, notes, True, False)
+    assert result.changed == (broken != expected)
+    json.loads(result.text)
+
+
+@pytest.mark.parametrize("hopeless", ["", "just words here", '{"a": 1} {"b": 2}'])
+def test_unrepairable_text_is_reported_not_dropped(hopeless):
+    result = repair_json(hopeless)
+    assert not result.valid
+    assert "could not make the JSON valid" in result.notes
+    for word in hopeless.split():
+        assert word.strip('{}":,') in result.text
+
+
+class Model:
+    """A fill callable answering each call from a list of candidate lists, recording what it
+    was asked."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, prefix, suffix, max_tokens):
+        self.calls.append((prefix, suffix))
+        return self.answers.pop(0) if self.answers else []
+
+
+@pytest.mark.parametrize(
+    "broken, answers, expected, used_model",
+    [
+        # the model rewrites the broken span; first candidate that parses wins
+        ('{"a": 1 "b": 2}', [['"a": 1 "b"', '"a": 1,']], '{"a": 1, "b": 2}', True),
+        # a candidate that drops the user's data is refused: deterministic fix instead
+        ('{"a": 1 "b": 2}', [['"b": 1,']], '{"a": 1, "b": 2}', False),
+        # no candidates (no model loaded)
+        ('{"a": 1 "b": 2}', [None], '{"a": 1, "b": 2}', False),
+        # the model can do what rules cannot guess: a value, not null
+        ('{"a": , "b": 2}', [["1"]], '{"a": 1, "b": 2}', True),
+    ],
+)
+def test_model_fills_broken_spans(broken, answers, expected, used_model):
+    model = Model(*answers)
+    result = repair_json(broken, fill=model)
+    assert (result.text, result.used_model, result.valid) == (expected, used_model, True)
+
+
+def test_the_model_sees_the_text_around_the_hole():
+    model = Model(['"a": 1,'])
+    repair_json('{"a": 1 "b": 2}', fill=model)
+    assert model.calls == [("{", ' "b": 2}')]
+
+
+def test_valid_json_does_not_call_the_model():
+    model = Model(["never"])
+    assert repair_json('{"a": 1}', fill=model).changed is False
+    assert model.calls == []
+
+
+SCHEMA = {
+    "type": "object",
+    "required": ["name", "version", "private", "engines"],
+    "properties": {
+        "name": {"type": "string"},
+        "version": {"type": "string", "default": "0.1.0"},
+        "private": {"type": "boolean"},
+        "engines": {"$ref": "#/definitions/engines"},
+        "scripts": {"type": "object", "required": ["test"], "properties": {"test": {"type": "string"}}},
+    },
+    "definitions": {"engines": {"type": "object", "required": ["node"], "properties": {"node": {"enum": [">=20"]}}}},
+}
+
+
+@pytest.mark.parametrize(
+    "document, answers, expected",
+    [
+        (
+            '{\n  "name": "x"\n}\n',
+            [],
+            '{\n  "name": "x",\n  "version": "0.1.0",\n  "private": false,\n  "engines": {"node": ">=20"}\n}\n',
+        ),
+        ("{}", [], '{"name": "", "version": "0.1.0", "private": false, "engines": {"node": ">=20"}}'),
+        # the model's values are used when they have the schema's type
+        (
+            '{"name": "a", "engines": {}, "scripts": {"build": "tsc"}}',
+            # asked from the end of the document backwards: private, version, then test
+            [["maybe", "true"], ['"2.0.0"'], ['"node --test"']],
+            '{"name": "a", "engines": {"node": ">=20"}, "scripts": {"build": "tsc", "test": "node --test"}, '
+            '"version": "2.0.0", "private": true}',
+        ),
+        # a broken document is repaired first, then completed
+        ("{'name': 'a', 'version': '1', 'private': True, 'engines': {'node': '>=20'},}",
+         [], '{"name": "a", "version": "1", "private": true, "engines": {"node": ">=20"}}'),
+    ],
+)
+def test_schema_required_keys_are_added(document, answers, expected):
+    result = repair_json(document, fill=Model(*answers) if answers else None, schema=SCHEMA)
+    assert result.text == expected
+    assert result.valid
+
+
+def test_default_value():
+    assert default_value({"type": ["null", "integer"]}, {}) == 0
+    assert default_value({"const": "x"}, {}) == "x"
+    assert default_value({"properties": {"a": {"type": "array"}}, "required": ["a"]}, {}) == {"a": []}
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ('{"a": 1 "b": 2}', '{"a": 1, "b": 2}', [(7, 7, ",")]),
+        ('{\n  "a": 1,\n}\n', '{\n  "a": 1\n}\n', [(10, 11, "")]),
+        ("[1, 2", "[1, 2]", [(5, 5, "]")]),
+        ("{'a': True}", '{"a": true}', [(1, 7, '"a": t')]),
+        ("a\nb\nc\n", "a\nB\nc\nd\n", [(2, 3, "B"), (6, 6, "d\n")]),
+        ("same", "same", []),
+        ("", "x", [(0, 0, "x")]),
+    ],
+)
+def test_minimal_edits(old, new, expected):
+    edits = minimal_edits(old, new)
+    assert apply_edits(old, edits) == new
+    assert edits == expected
