@@ -10,13 +10,15 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._dot import dot_flags
+
 
 @triton.jit
 def _decoder_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,
     C, L, D, DV, HQ, GROUPS, lo, scale,
     sqb, sqh, sqc, skb, skh, skl, svb, svh, svl, sob, soh, soc,
-    DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     bh = tl.program_id(1)
@@ -42,13 +44,13 @@ def _decoder_attention_kernel(
         v = tl.load(v_base + j[:, None] * svl + dv[None, :], mask=j_ok[:, None] & (dv[None, :] < DV), other=0.0)
         if DOT_FP32:
             k, v = k.to(tl.float32), v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_M, BLOCK_N)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # (BLOCK_M, BLOCK_N)
         scores = tl.where(j_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(scores - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
     out = acc / l[:, None]
     tl.store(out_ptr + b * sob + h * soh + rows[:, None] * soc + dv[None, :],
@@ -75,7 +77,7 @@ def decoder_attention(
     _decoder_attention_kernel[(triton.cdiv(C, block_m), B * HQ)](
         q, k, v, out, C, L, D, DV, HQ, HQ // HKV, lo, float(scale),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        DOT_FP32=triton.knobs.runtime.interpret, BLOCK_M=block_m, BLOCK_N=block_n,
+        **dot_flags(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)),
     )
     return out

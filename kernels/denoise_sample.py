@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._dot import dot_flags
 from kernels.reference import fold_seed
 
 
@@ -122,7 +123,7 @@ def _denoise_logits_kernel(
 def _denoise_hidden_kernel(
     hidden_ptr, emb_ptr, part_ptr, R, V, H, stride_hr, stride_ev, cols_per_split, SPLITS,
     temperature, softcap, seed32, offset,
-    HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -149,7 +150,7 @@ def _denoise_hidden_kernel(
             if DOT_FP32:
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
-            x += tl.dot(a, tl.trans(b))
+            x += tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
         ok = (rows[:, None] < R) & (cols[None, :] < hi)
         x = tl.where(ok, _scale(x, softcap, temperature, HAS_SOFTCAP), float("-inf"))
         noise = _gumbel(row_key[:, None], cols[None, :])
@@ -278,7 +279,7 @@ def denoise_sample_from_hidden(
     _denoise_hidden_kernel[(triton.cdiv(R, block_r), splits)](
         h, emb, part, R, V, H, h.stride(0), emb.stride(0), cols_per_split, splits,
         float(temperature), float(softcap or 1.0), fold_seed(seed), offset & 0xFFFFFFFF,
-        HAS_SOFTCAP=softcap is not None, DOT_FP32=triton.knobs.runtime.interpret,
+        HAS_SOFTCAP=softcap is not None, **dot_flags(h.dtype),
         BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_H=block_h,
     )
     return _launch_combine(part, R, splits, lead, h.device)

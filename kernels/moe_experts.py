@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._dot import dot_flags
+
 
 @triton.jit
 def _gelu_tanh(x):
@@ -22,7 +24,7 @@ def _gelu_tanh(x):
 def _moe_gate_up_kernel(
     x_ptr, w_ptr, order_ptr, block_expert_ptr, block_start_ptr, block_end_ptr, inter_ptr,
     H, I, K_SLOTS, stride_xt, stride_we, stride_wn, stride_it,
-    DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     block = tl.program_id(0)
     start = tl.load(block_start_ptr + block)
@@ -46,8 +48,8 @@ def _moe_gate_up_kernel(
         wu = tl.load(w + (n[:, None] + I) * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if DOT_FP32:
             a, wg, wu = a.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
-        gate += tl.dot(a, tl.trans(wg))
-        up += tl.dot(a, tl.trans(wu))
+        gate += tl.dot(a, tl.trans(wg), input_precision=DOT_PRECISION)
+        up += tl.dot(a, tl.trans(wu), input_precision=DOT_PRECISION)
     hidden = _gelu_tanh(gate) * up
     tl.store(inter_ptr + m[:, None].to(tl.int64) * stride_it + n[None, :],
              hidden.to(inter_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
@@ -57,7 +59,7 @@ def _moe_gate_up_kernel(
 def _moe_down_kernel(
     inter_ptr, w_ptr, order_ptr, weights_ptr, block_expert_ptr, block_start_ptr, block_end_ptr, y_ptr,
     H, I, stride_it, stride_we, stride_wn, stride_yt,
-    DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     block = tl.program_id(0)
     start = tl.load(block_start_ptr + block)
@@ -80,7 +82,7 @@ def _moe_down_kernel(
         b = tl.load(w + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if DOT_FP32:
             a, b = a.to(tl.float32), b.to(tl.float32)
-        acc += tl.dot(a, tl.trans(b))
+        acc += tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
     routing = tl.load(weights_ptr + assignment, mask=row_ok, other=0.0).to(tl.float32)
     acc = acc * routing[:, None]
     tl.store(y_ptr + assignment[:, None] * stride_yt + n[None, :], acc, mask=row_ok[:, None] & n_ok[None, :])
@@ -132,15 +134,14 @@ def moe_experts(
     inter = torch.empty(T * K, I, dtype=x.dtype, device=x.device)  # expert-sorted rows
     y = torch.zeros(T * K, H, dtype=torch.float32, device=x.device)  # (token, slot) rows; dropped stay 0
     n_blocks = block_expert.numel()
-    interpret = triton.knobs.runtime.interpret
     _moe_gate_up_kernel[(n_blocks, triton.cdiv(I, block_n))](
         x, gate_up, order, block_expert, block_start, block_end, inter,
         H, I, K, x.stride(0), gate_up.stride(0), gate_up.stride(1), inter.stride(0),
-        DOT_FP32=interpret, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        **dot_flags(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     _moe_down_kernel[(n_blocks, triton.cdiv(H, block_n))](
         inter, down, order, weights, block_expert, block_start, block_end, y,
         H, I, inter.stride(0), down.stride(0), down.stride(1), y.stride(0),
-        DOT_FP32=interpret, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        **dot_flags(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return y.view(T, K, H).sum(1).to(x.dtype)

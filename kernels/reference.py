@@ -23,23 +23,22 @@ _FMIX_C2 = 0xC2B2AE35
 #     row_key = fmix32(fold(seed) ^ fmix32((offset + r) mod 2^32))
 #     h       = fmix32(row_key ^ (v * 0x9E3779B9 mod 2^32))
 # then u = ((h >> 9) + 0.5) / 2^23, exactly representable and strictly inside (0, 1), and
-# gumbel = -log(-log(u)). Torch has no uint32 arithmetic, so the hash runs on int64 holding
-# values < 2^32, with 32-bit products split into 16-bit halves to stay below 2^63.
+# gumbel = -log(-log(u)). Torch has no uint32 shifts, so the hash runs on int32 holding the
+# same bits: products wrap mod 2^32 exactly as uint32 ones do, and right shifts are masked
+# to be logical. (tests check this against plain Python integers.)
 # ---------------------------------------------------------------------------------------
 
 
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
-    lo = h * (c & 0xFFFF)
-    hi = ((h * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _MASK32
+def _int32(c: int) -> int:
+    return c - (1 << 32) if c >= 1 << 31 else c
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    h = h ^ (h >> 16)
-    h = _mul32(h, _FMIX_C1)
-    h = h ^ (h >> 13)
-    h = _mul32(h, _FMIX_C2)
-    return h ^ (h >> 16)
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _int32(_FMIX_C1)
+    h = h ^ ((h >> 13) & 0x7FFFF)
+    h = h * _int32(_FMIX_C2)
+    return h ^ ((h >> 16) & 0xFFFF)
 
 
 def fold_seed(seed: int) -> int:
@@ -48,18 +47,24 @@ def fold_seed(seed: int) -> int:
     return (seed ^ (seed >> 32)) & _MASK32
 
 
-def counter_hash(seed: int, offset: int, rows: int, cols: int, device=None) -> torch.Tensor:
-    """uint32 hash (held in int64) of every (offset + row, col) under `seed`: (rows, cols)."""
+def _hash_bits(seed: int, offset: int, rows: int, cols: int, device=None) -> torch.Tensor:
     r = (torch.arange(rows, device=device, dtype=torch.int64) + offset) & _MASK32
-    row_key = _fmix32(torch.full_like(r, fold_seed(seed)) ^ _fmix32(r))  # (rows,)
-    v = _mul32(torch.arange(cols, device=device, dtype=torch.int64), _GOLDEN32)  # (cols,)
-    return _fmix32(row_key[:, None] ^ v[None, :])  # (rows, cols)
+    r = _fmix32(r.sub_((r >> 31) << 32).to(torch.int32))  # uint32 bits into int32
+    row_key = _fmix32(r ^ _int32(fold_seed(seed)))  # (rows,)
+    v = torch.arange(cols, device=device, dtype=torch.int32) * _int32(_GOLDEN32)  # (cols,)
+    return _fmix32(row_key[:, None] ^ v[None, :])  # (rows, cols) int32
+
+
+def counter_hash(seed: int, offset: int, rows: int, cols: int, device=None) -> torch.Tensor:
+    """uint32 hash of every (offset + row, col) under `seed`, as int64 in [0, 2^32): (rows, cols)."""
+    return _hash_bits(seed, offset, rows, cols, device).to(torch.int64) & _MASK32
 
 
 def gumbel_noise(seed: int, offset: int, rows: int, cols: int, device=None) -> torch.Tensor:
     """Standard Gumbel noise (rows, cols) fp32 from the counter hash."""
-    u = ((counter_hash(seed, offset, rows, cols, device) >> 9).to(torch.float32) + 0.5) * (2.0**-23)
-    return -torch.log(-torch.log(u))
+    top23 = (_hash_bits(seed, offset, rows, cols, device) >> 9) & 0x7FFFFF
+    u = (top23.to(torch.float32) + 0.5) * (2.0**-23)
+    return u.log_().neg_().log_().neg_()
 
 
 # ---------------------------------------------------------------------------------------

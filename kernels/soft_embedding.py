@@ -10,11 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._dot import dot_flags
+
 
 @triton.jit
 def _soft_embedding_kernel(
     logits_ptr, emb_ptr, out_ptr, R, V, H, stride_lr, stride_ev, stride_or, scale,
-    DOT_FP32: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -33,9 +36,9 @@ def _soft_embedding_kernel(
         e = tl.load(emb_ptr + vs[:, None].to(tl.int64) * stride_ev + hs[None, :],
                     mask=(vs[:, None] < V) & (hs[None, :] < H), other=0.0)
         if DOT_FP32:
-            acc = acc * alpha[:, None] + tl.dot(p, e.to(tl.float32))
+            acc = acc * alpha[:, None] + tl.dot(p, e.to(tl.float32), input_precision=DOT_PRECISION)
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(e.dtype), e)
+            acc = acc * alpha[:, None] + tl.dot(p.to(e.dtype), e, input_precision=DOT_PRECISION)
         m = m_new
     s = tl.where(s > 0, s, 1.0)
     out = acc * (scale / s)[:, None]
@@ -64,6 +67,6 @@ def soft_embedding(
     block_h = min(block_h, max(16, triton.next_power_of_2(H)))
     _soft_embedding_kernel[(triton.cdiv(R, block_r), triton.cdiv(H, block_h))](
         x, emb, out, R, V, H, x.stride(0), emb.stride(0), out.stride(0), float(scale),
-        DOT_FP32=triton.knobs.runtime.interpret, BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_H=block_h,
+        **dot_flags(emb.dtype), BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_H=block_h,
     )
     return out.reshape(*lead, H)

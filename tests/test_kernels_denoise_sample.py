@@ -76,6 +76,25 @@ def test_gumbel_max_samples_follow_softmax():
     assert_close("empirical frequencies", freq, probs, atol=0.01, rtol=0)
 
 
+def _fmix32(h):
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def test_counter_hash_equals_plain_python_uint32_arithmetic():
+    # the torch hash relies on int32 products wrapping: check it against exact integers
+    seed, offset = 2**40 + 99, 2**32 - 3  # a 64-bit seed; rows wrap past 2^32
+    folded = (seed ^ (seed >> 32)) & 0xFFFFFFFF
+    got = reference.counter_hash(seed, offset, 4, 40)
+    for r in range(4):
+        key = _fmix32(folded ^ _fmix32((offset + r) & 0xFFFFFFFF))
+        want = torch.tensor([_fmix32(key ^ ((v * 0x9E3779B9) & 0xFFFFFFFF)) for v in range(40)])
+        assert_equal(f"row {r}", got[r], want)
+
+
 def test_counter_noise_is_uniform_and_gumbel_moments_hold():
     u = ((reference.counter_hash(5, 0, 64, 4096) >> 9).float() + 0.5) * 2.0**-23
     assert 0.0 < u.min() and u.max() < 1.0
