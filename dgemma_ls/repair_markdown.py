@@ -20,7 +20,8 @@ MAX_CELL_CHARS = 80
 _SPLIT = re.compile(r"(?<!\\)\|")
 _DELIMITER_CELL = re.compile(r":?-+:?")
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
-_NOT_TABLE = {"fenced_code_block", "indented_code_block", "html_block"}
+# Tables in block quotes are left alone: their rows carry the quote markers.
+_NOT_TABLE = {"fenced_code_block", "indented_code_block", "html_block", "block_quote"}
 
 
 @dataclass
