@@ -17,6 +17,8 @@ from dgemma_ls.syntax import SyntaxTree
 from dgemma_ls.textedits import minimal_edits
 
 StopPredicate = Callable[[], bool]
+FILL_CANDIDATES = 3  # sampled together in one batch per round of an explicit fill
+FILL_ROUNDS = 3  # batches tried, each with a new seed, before a fill gives up
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ def build_context(engine, tree: SyntaxTree, cursor: int, settings: Settings, *, 
     )
 
 
-def generate(engine, ctx, settings: Settings, num_candidates: int, should_stop: StopPredicate, usage: Usage) -> list[str]:
+def generate(engine, ctx, settings: Settings, num_candidates: int, should_stop: StopPredicate, usage: Usage,
+             seed: int = 0) -> list[str]:
     """Raw middles for a context; raises engine.Cancelled when should_stop() turns true."""
     infills = engine.infill(
         ctx.prefix,
@@ -83,6 +86,7 @@ def generate(engine, ctx, settings: Settings, num_candidates: int, should_stop: 
         num_candidates=num_candidates,
         steps=settings.steps,
         entropy_bound=settings.entropy_bound,
+        seed=seed,
         should_stop=should_stop,
     )
     usage.add(infills)
@@ -118,12 +122,17 @@ class Hole:
 
 
 def fill_hole(engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate,
-              usage: Usage, num_candidates: int = 2) -> Edit | None:
-    """A model-written replacement for a hole, or None if every candidate was rejected."""
+              usage: Usage) -> Edit | None:
+    """A model-written replacement for a hole, or None if no candidate survived post-processing.
+
+    An explicit fill is worth a few batches: when every candidate of one is rejected (it would
+    add syntax errors), the next batch samples with a new seed."""
     ctx = build_context(engine, tree, hole.start, settings, replace_end=hole.end, scope=hole.scope)
-    middles = generate(engine, ctx, settings, num_candidates, should_stop, usage)
-    finals = accepted(middles, ctx)
-    return Edit(hole.start, hole.end, finals[0]) if finals else None
+    for seed in range(FILL_ROUNDS):
+        middles = generate(engine, ctx, settings, FILL_CANDIDATES, should_stop, usage, seed=seed)
+        if finals := accepted(middles, ctx):
+            return Edit(hole.start, hole.end, finals[0])
+    return None
 
 
 def fill_holes(engine, text: str, language: str, holes: Sequence[Hole], settings: Settings,

@@ -38,10 +38,10 @@ INVOKED_CANDIDATES = 3
 _WORD_BEFORE = re.compile(r"[A-Za-z0-9_$]*\Z")
 
 
-class ModelUnavailableError(JsonRpcException):
-    """The request needs the model and there is none (loading, or the load failed)."""
+class RequestFailed(JsonRpcException):
+    """LSP RequestFailed: the request was valid but could not be carried out (the message says why)."""
 
-    CODE = -32803  # LSP RequestFailed
+    CODE = -32803
 
 
 class Ticket:
@@ -408,6 +408,8 @@ class DgemmaServer(LanguageServer):
             )
         hole = infill.Hole(data["start"], data["end"], data.get("scope")) if "start" in data else None
         result = await self.compute(doc, data.get("action", ""), hole)
+        if not result.edits:
+            raise RequestFailed(f"dgemma: '{action.title}': no candidate kept the document valid; nothing was changed")
         action.edit = self.workspace_edit(doc, result.edits)
         return action
 
@@ -417,7 +419,7 @@ class DgemmaServer(LanguageServer):
         ticket = Ticket(self, doc.uri, doc.version)
         if action == FILL:
             if reason := self.block_reason(doc):
-                raise ModelUnavailableError(f"dgemma: cannot fill: {reason}")
+                raise RequestFailed(f"dgemma: cannot fill: {reason}")
             if hole is None:
                 raise JsonRpcInvalidParams("dgemma: a fill needs a range or a position")
             job = functools.partial(infill.fill_holes, text=text, language=language, holes=[hole], settings=settings,
@@ -435,7 +437,7 @@ class DgemmaServer(LanguageServer):
         except Cancelled:
             result = None
         except ModelUnavailable as reason:
-            raise ModelUnavailableError(f"dgemma: {reason}") from None
+            raise RequestFailed(f"dgemma: {reason}") from None
         if result is None or ticket.should_stop():
             raise JsonRpcContentModified(f"dgemma: {doc.uri} changed while computing {action}; nothing was applied")
         return result

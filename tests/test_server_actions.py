@@ -1,0 +1,114 @@
+"""Code actions end to end: each is offered where it applies, resolves to a WorkspaceEdit
+against the version it was offered for (versioned when the client supports documentChanges),
+and applying that edit gives the promised text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from lsp_support import CLIENTS, Doc, session
+from pygls.exceptions import JsonRpcException
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=CLIENTS)
+async def client(request, tiny_model_dir):
+    async with session(request.param, model=tiny_model_dir) as client:
+        yield client
+
+
+async def actions_at(client, doc: Doc, start: int, end: int | None = None) -> list[types.CodeAction]:
+    result = await client.text_document_code_action_async(
+        types.CodeActionParams(
+            text_document=doc.identifier(),
+            range=doc.range(start, start if end is None else end),
+            context=types.CodeActionContext(diagnostics=[]),
+        )
+    )
+    return [a for a in result or [] if isinstance(a, types.CodeAction)]
+
+
+async def resolved_edits(client, doc: Doc, action: types.CodeAction) -> list[types.TextEdit]:
+    """The action's edits: via codeAction/resolve (both clients advertise resolve support)."""
+    assert action.edit is None and action.data is not None  # computed lazily, not on every cursor move
+    resolved = await client.code_action_resolve_async(action)
+    assert resolved.edit is not None
+    return doc.edits_of(resolved.edit)
+
+
+def titled(actions: list[types.CodeAction], prefix: str) -> list[types.CodeAction]:
+    return [a for a in actions if a.title.startswith(prefix)]
+
+
+async def test_fill_in_the_middle_replaces_the_todo_placeholder(client):
+    text = "def area(width, height):\n    pass  # TODO compute the area\n\n\nprint(area(2, 3))\n"
+    doc = Doc(client, text)
+    actions = titled(await actions_at(client, doc, text.index("pass") + 2), "Fill in the middle")
+    assert [a.title for a in actions] == ["Fill in the middle: TODO compute the area"]
+    assert actions[0].kind == types.CodeActionKind.RefactorRewrite
+    after = doc.applied(await resolved_edits(client, doc, actions[0]))
+    assert "pass  # TODO" not in after
+    start = text.index("pass")
+    end = text.index("area\n") + len("area")
+    assert after.startswith(text[:start]) and after.endswith(text[end:])
+    assert after[start : len(after) - len(text[end:])].strip()
+
+
+async def test_fill_in_the_middle_of_a_selection(client):
+    text = "def area(width, height):\n    # the result is WIDTH TIMES HEIGHT here\n    return width * height\n"
+    doc = Doc(client, text)
+    start = text.index("WIDTH")
+    end = text.index(" here")
+    actions = titled(await actions_at(client, doc, start, end), "Fill in the middle")
+    assert [a.title for a in actions] == ["Fill in the middle (selection)"]
+    edits = await resolved_edits(client, doc, actions[0])
+    assert [doc.offset(e.range.start) for e in edits] == [start] and [doc.offset(e.range.end) for e in edits] == [end]
+    after = doc.applied(edits)
+    assert after == text[:start] + edits[0].new_text + text[end:] and edits[0].new_text.strip()
+
+
+async def test_repair_json_gives_loadable_json_with_the_data_kept(client):
+    text = '{\n  "name": "dgemma",\n  "items": [1, 2, 3,],\n  \'ok\': True\n'
+    doc = Doc(client, text, "json", ".json")
+    actions = titled(await actions_at(client, doc, 0), "Repair JSON")
+    assert len(actions) == 1 and actions[0].kind == types.CodeActionKind.QuickFix
+    after = doc.applied(await resolved_edits(client, doc, actions[0]))
+    assert json.loads(after) == {"name": "dgemma", "items": [1, 2, 3], "ok": True}
+
+
+async def test_valid_json_offers_no_repair(client):
+    doc = Doc(client, '{"a": [1, 2]}\n', "json", ".json")
+    assert titled(await actions_at(client, doc, 0), "Repair JSON") == []
+
+
+async def test_repair_markdown_table_aligns_it_and_keeps_every_cell(client):
+    table = "| Name | Value |\n|---|--:|\n| alpha | 1 |\n| b | 22222 | extra |\n"
+    text = "# Results\n\n" + table + "\nDone.\n"
+    doc = Doc(client, text, "markdown", ".md")
+    actions = titled(await actions_at(client, doc, text.index("alpha")), "Repair Markdown table")
+    assert len(actions) == 1
+    after = doc.applied(await resolved_edits(client, doc, actions[0]))
+    assert after.startswith("# Results\n\n") and after.endswith("\nDone.\n")
+    rows = [line for line in after.split("\n") if line.startswith("|")]
+    assert len({len(row) for row in rows}) == 1, f"rows not aligned:\n{after}"
+    cells = {cell.strip() for row in rows for cell in row.strip("|").split("|")}
+    assert {"Name", "Value", "alpha", "1", "b", "22222", "extra"} <= cells
+
+
+async def test_aligned_markdown_table_offers_no_repair(client):
+    text = "| a   | b   |\n| --- | --- |\n| 1   | 2   |\n"
+    doc = Doc(client, text, "markdown", ".md")
+    assert titled(await actions_at(client, doc, 2), "Repair Markdown table") == []
+
+
+async def test_resolving_after_an_edit_is_refused_not_applied_to_the_wrong_text(client):
+    text = "def area(width, height):\n    pass  # TODO compute the area\n"
+    doc = Doc(client, text)
+    [action] = titled(await actions_at(client, doc, text.index("pass")), "Fill in the middle")
+    doc.edit(0, 0, "import math\n")
+    with pytest.raises(JsonRpcException, match="changed"):
+        await client.code_action_resolve_async(action)
