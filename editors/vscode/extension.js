@@ -1,0 +1,128 @@
+// @ts-check
+// Starts dgemma-ls over stdio for the languages it serves and keeps its settings in step.
+// Everything the server does (inline completions, code actions, repairs) arrives through
+// the standard LSP features of vscode-languageclient; nothing here knows about the model.
+"use strict";
+
+const vscode = require("vscode");
+const { LanguageClient, TransportKind } = require("vscode-languageclient/node");
+
+const SECTION = "dgemma";
+const LANGUAGES = ["python", "javascript", "javascriptreact", "typescript", "typescriptreact", "json", "jsonc", "markdown"];
+// Keys the server reads. serverPath and serverArgs only concern this extension: sending
+// them would earn an "unknown setting" warning from the server.
+const SERVER_KEYS = ["model", "device", "dtype", "steps", "entropyBound", "maxMiddleTokens", "enabledLanguages"];
+const RESTART_KEYS = ["serverPath", "serverArgs"];
+
+/** @type {LanguageClient | undefined} */
+let client;
+/** @type {vscode.OutputChannel} */
+let output;
+
+/** The `dgemma` section as the server expects it, without the extension-only keys. */
+function serverSettings() {
+  const config = vscode.workspace.getConfiguration(SECTION);
+  /** @type {Record<string, unknown>} */
+  const settings = {};
+  for (const key of SERVER_KEYS) {
+    const value = config.get(key);
+    if (value !== undefined && value !== null && value !== "") {
+      settings[key] = value;
+    }
+  }
+  return settings;
+}
+
+function createClient() {
+  const config = vscode.workspace.getConfiguration(SECTION);
+  const command = config.get("serverPath") || "dgemma-ls";
+  const args = config.get("serverArgs") || [];
+  /** @type {import("vscode-languageclient/node").ServerOptions} */
+  const serverOptions = { command, args, transport: TransportKind.stdio };
+  /** @type {import("vscode-languageclient/node").LanguageClientOptions} */
+  const clientOptions = {
+    documentSelector: LANGUAGES.flatMap((language) => [
+      { scheme: "file", language },
+      { scheme: "untitled", language },
+    ]),
+    initializationOptions: { [SECTION]: serverSettings() },
+    // Pushes workspace/didChangeConfiguration with {dgemma: {...}} when these change.
+    synchronize: { configurationSection: SERVER_KEYS.map((key) => `${SECTION}.${key}`) },
+    middleware: {
+      workspace: {
+        // The server may also pull the section: answer with the same filtered view.
+        configuration: async (params, token, next) => {
+          const result = await next(params, token);
+          if (!Array.isArray(result)) {
+            return result;
+          }
+          return result.map((value, i) => (params.items[i].section === SECTION ? serverSettings() : value));
+        },
+      },
+    },
+    outputChannel: output,
+  };
+  return new LanguageClient("dgemma", "dgemma-ls", serverOptions, clientOptions);
+}
+
+async function start() {
+  client = createClient();
+  try {
+    await client.start();
+  } catch (error) {
+    const command = vscode.workspace.getConfiguration(SECTION).get("serverPath");
+    const choice = await vscode.window.showErrorMessage(
+      `dgemma-ls could not start "${command}": ${error instanceof Error ? error.message : error}. ` +
+        "Install the server (pip install dgemma-ls) or set dgemma.serverPath to its executable.",
+      "Open Settings",
+      "Show Log",
+    );
+    if (choice === "Open Settings") {
+      vscode.commands.executeCommand("workbench.action.openSettings", "dgemma.serverPath");
+    } else if (choice === "Show Log") {
+      output.show();
+    }
+  }
+}
+
+async function stop() {
+  const running = client;
+  client = undefined;
+  if (running) {
+    try {
+      await running.stop();
+    } catch (error) {
+      output.appendLine(`stopping dgemma-ls: ${error}`);
+    }
+  }
+}
+
+async function restart() {
+  await stop();
+  await start();
+}
+
+/** @param {vscode.ExtensionContext} context */
+async function activate(context) {
+  output = vscode.window.createOutputChannel("dgemma-ls");
+  context.subscriptions.push(
+    output,
+    vscode.commands.registerCommand("dgemma.restartServer", restart),
+    vscode.commands.registerCommand("dgemma.showOutput", () => output.show()),
+    vscode.workspace.onDidChangeConfiguration((event) => {
+      if (RESTART_KEYS.some((key) => event.affectsConfiguration(`${SECTION}.${key}`))) {
+        restart();
+      }
+    }),
+  );
+  if (!vscode.workspace.getConfiguration("editor").get("inlineSuggest.enabled", true)) {
+    output.appendLine("editor.inlineSuggest.enabled is off: inline completions will not show.");
+  }
+  await start();
+}
+
+async function deactivate() {
+  await stop();
+}
+
+module.exports = { activate, deactivate };
