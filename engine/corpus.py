@@ -165,10 +165,12 @@ def language_of(path: Path) -> str | None:
 
 def walk_files(root: Path, skip_dirs: set[str], skip_paths: frozenset = frozenset()
                ) -> Iterator[Path]:
-    """Files under root in sorted order, not descending into symlinked dirs, dirs named in
-    skip_dirs or dirs in skip_paths."""
+    """Files under root in sorted order, skipping symlinks, dirs named in skip_dirs and dirs
+    in skip_paths."""
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.is_dir() and not entry.is_symlink():
+        if entry.is_symlink():
+            continue
+        if entry.is_dir():
             if entry.name not in skip_dirs and entry not in skip_paths:
                 yield from walk_files(entry, skip_dirs, skip_paths)
         elif entry.is_file():
@@ -177,7 +179,7 @@ def walk_files(root: Path, skip_dirs: set[str], skip_paths: frozenset = frozense
 
 def stdlib_candidates(stdlib: Path) -> Iterator[Candidate]:
     """Every .py file of the standard library (tests included), PSF licence."""
-    for file in walk_files(stdlib, IGNORED_DIRS | {"config-3.11-x86_64-linux-gnu"}):
+    for file in walk_files(stdlib, IGNORED_DIRS):
         if file.suffix == ".py":
             yield Candidate(str(file), str(file.relative_to(stdlib)), "python-stdlib",
                             "PSF-2.0", "python")
@@ -226,7 +228,8 @@ def node_candidates(node_modules: Path) -> Iterator[Candidate]:
     for package_dir, license in packages.items():
         if license is None:
             continue
-        for file in walk_files(package_dir, IGNORED_DIRS, nested - {package_dir}):
+        for file in walk_files(package_dir, IGNORED_DIRS | {"node_modules"},
+                               nested - {package_dir}):
             language = language_of(file)
             if language:
                 yield Candidate(str(file), str(file.relative_to(node_modules.parent)),
