@@ -1,6 +1,6 @@
 """Benchmark each op, Triton against its torch reference, at DiffusionGemma shapes.
 
-    python -m kernels.bench [--shape small|26b|all] [--ops denoise_sample,moe_experts] [--repeat N]
+    python -m kernels.bench [--shape small|26b|all] [--ops denoise_sample,moe_experts] [--repeat N] [--threads N]
 
 Reports ms, GB/s (the bytes a fused kernel must move: inputs read once, outputs written
 once) and TFLOP/s for the ops that do matmul work. Without a CUDA GPU the Triton rows are
@@ -147,7 +147,12 @@ def main() -> None:
     parser.add_argument("--shape", choices=[*SHAPES, "all"], default="small")
     parser.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice); on a busy machine 1 avoids "
+                             "OpenMP barrier stalls that cost ~8 ms per elementwise op")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ops = {op for op in args.ops.split(",") if op} or None
     for name in SHAPES if args.shape == "all" else [args.shape]:
         run(SHAPES[name], ops, args.repeat)

@@ -65,19 +65,22 @@ def decoder_attention(
     window: int | None,
     scale: float = 1.0,
     *,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor:
     B, HQ, C, D = q.shape
     HKV, L, DV = k.shape[1], k.shape[2], v.shape[-1]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = torch.empty(B, HQ, C, DV, dtype=q.dtype, device=q.device)
     lo = 0 if window is None else max(0, canvas_start - window + 1)
-    block_m = min(block_m, max(16, triton.next_power_of_2(C)))
+    block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    wide = max(block_d, block_dv) > 128  # D = 256 / 512 heads: smaller tiles, more warps (untuned)
+    block_m = min(block_m or (32 if wide else 64), max(16, triton.next_power_of_2(C)))
+    block_n = block_n or (32 if wide else 64)
     _decoder_attention_kernel[(triton.cdiv(C, block_m), B * HQ)](
         q, k, v, out, C, L, D, DV, HQ, HQ // HKV, lo, float(scale),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        **dot_flags(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)),
+        **dot_flags(q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        num_warps=8 if wide else 4,
     )
     return out

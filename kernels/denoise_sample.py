@@ -236,7 +236,7 @@ def denoise_sample(
     R = x.shape[0]
     block_r = 4
     block_v = min(block_v, triton.next_power_of_2(V))
-    splits = splits or _pick_splits(R, V, block_v, x.device)
+    splits = splits or _pick_splits(triton.cdiv(R, block_r), V, block_v, x.device)
     cols_per_split = triton.cdiv(triton.cdiv(V, splits), block_v) * block_v
     splits = triton.cdiv(V, cols_per_split)
     part = torch.empty(7, R, splits, dtype=torch.float32, device=x.device)
