@@ -39,12 +39,16 @@ def _gumbel(row_key, cols):
 
 
 @triton.jit
-def _merge_tile(x, noise, col0, m, s, t, best, best_idx, pick, pick_idx):
+def _merge_tile(x, noise, col0, m, s, t, best_idx, pick, pick_idx):
     # x: (BLOCK_R, BLOCK_V) scaled logits, -inf where masked; statistics are per row:
     #   m = running max, s = sum exp(x - m), t = sum exp(x - m) * (x - m)
     # so entropy = log s - t / s. When m grows both sums rescale by exp(m_old - m_new), and
     # t also absorbs s * (m_old - m_new) since every (x - m) shifts by that much.
-    m_new = tl.maximum(m, tl.max(x, 1))
+    # m is also the argmax value: the first occurrence wins ties, as in torch.argmax, because
+    # a tile takes over only on a strict improvement.
+    tile_max = tl.max(x, 1)
+    best_idx = tl.where(tile_max > m, tl.argmax(x, 1) + col0, best_idx)
+    m_new = tl.maximum(m, tile_max)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp(m - m_safe)
     shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
@@ -52,17 +56,12 @@ def _merge_tile(x, noise, col0, m, s, t, best, best_idx, pick, pick_idx):
     p = tl.exp(d)
     t = alpha * (t + s * shift) + tl.sum(p * tl.where(p > 0, d, 0.0), 1)
     s = alpha * s + tl.sum(p, 1)
-    # first occurrence wins ties, as in torch.argmax: take a tile only on strict improvement
-    tile_best = tl.max(x, 1)
-    take = tile_best > best
-    best_idx = tl.where(take, tl.argmax(x, 1) + col0, best_idx)
-    best = tl.where(take, tile_best, best)
     noisy = x + noise
     tile_pick = tl.max(noisy, 1)
     take = tile_pick > pick
     pick_idx = tl.where(take, tl.argmax(noisy, 1) + col0, pick_idx)
     pick = tl.where(take, tile_pick, pick)
-    return m_new, s, t, best, best_idx, pick, pick_idx
+    return m_new, s, t, best_idx, pick, pick_idx
 
 
 @triton.jit
@@ -74,18 +73,17 @@ def _scale(x, softcap, temperature, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _store_partials(part_ptr, rows, split, R, SPLITS, m, s, t, best, best_idx, pick, pick_idx):
-    # part (7, R, SPLITS) fp32; indices < 2^24 are exact in fp32
+def _store_partials(part_ptr, rows, split, R, SPLITS, m, s, t, best_idx, pick, pick_idx):
+    # part (6, R, SPLITS) fp32; indices < 2^24 are exact in fp32
     o = rows * SPLITS + split
     n = R * SPLITS
     ok = rows < R
     tl.store(part_ptr + o, m, mask=ok)
     tl.store(part_ptr + n + o, s, mask=ok)
     tl.store(part_ptr + 2 * n + o, t, mask=ok)
-    tl.store(part_ptr + 3 * n + o, best, mask=ok)
-    tl.store(part_ptr + 4 * n + o, best_idx.to(tl.float32), mask=ok)
-    tl.store(part_ptr + 5 * n + o, pick, mask=ok)
-    tl.store(part_ptr + 6 * n + o, pick_idx.to(tl.float32), mask=ok)
+    tl.store(part_ptr + 3 * n + o, best_idx.to(tl.float32), mask=ok)
+    tl.store(part_ptr + 4 * n + o, pick, mask=ok)
+    tl.store(part_ptr + 5 * n + o, pick_idx.to(tl.float32), mask=ok)
 
 
 @triton.jit(do_not_specialize=["seed32", "offset"])
@@ -100,7 +98,6 @@ def _denoise_logits_kernel(
     m = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_R,), tl.float32)
     t = tl.zeros((BLOCK_R,), tl.float32)
-    best = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     pick = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_R,), tl.int32)
     pick_idx = tl.zeros((BLOCK_R,), tl.int32)
@@ -113,10 +110,8 @@ def _denoise_logits_kernel(
         x = _scale(x.to(tl.float32), softcap, temperature, HAS_SOFTCAP)
         x = tl.where(ok, x, float("-inf"))
         noise = _gumbel(row_key[:, None], cols[None, :])
-        m, s, t, best, best_idx, pick, pick_idx = _merge_tile(
-            x, noise, col0, m, s, t, best, best_idx, pick, pick_idx
-        )
-    _store_partials(part_ptr, rows, split, R, SPLITS, m, s, t, best, best_idx, pick, pick_idx)
+        m, s, t, best_idx, pick, pick_idx = _merge_tile(x, noise, col0, m, s, t, best_idx, pick, pick_idx)
+    _store_partials(part_ptr, rows, split, R, SPLITS, m, s, t, best_idx, pick, pick_idx)
 
 
 @triton.jit(do_not_specialize=["seed32", "offset"])
@@ -132,7 +127,6 @@ def _denoise_hidden_kernel(
     m = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_R,), tl.float32)
     t = tl.zeros((BLOCK_R,), tl.float32)
-    best = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     pick = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     best_idx = tl.zeros((BLOCK_R,), tl.int32)
     pick_idx = tl.zeros((BLOCK_R,), tl.int32)
@@ -154,10 +148,8 @@ def _denoise_hidden_kernel(
         ok = (rows[:, None] < R) & (cols[None, :] < hi)
         x = tl.where(ok, _scale(x, softcap, temperature, HAS_SOFTCAP), float("-inf"))
         noise = _gumbel(row_key[:, None], cols[None, :])
-        m, s, t, best, best_idx, pick, pick_idx = _merge_tile(
-            x, noise, col0, m, s, t, best, best_idx, pick, pick_idx
-        )
-    _store_partials(part_ptr, rows, split, R, SPLITS, m, s, t, best, best_idx, pick, pick_idx)
+        m, s, t, best_idx, pick, pick_idx = _merge_tile(x, noise, col0, m, s, t, best_idx, pick, pick_idx)
+    _store_partials(part_ptr, rows, split, R, SPLITS, m, s, t, best_idx, pick, pick_idx)
 
 
 @triton.jit
@@ -173,10 +165,9 @@ def _denoise_combine_kernel(
     m = tl.load(part_ptr + o, mask=ok, other=float("-inf"))
     s = tl.load(part_ptr + n + o, mask=ok, other=0.0)
     t = tl.load(part_ptr + 2 * n + o, mask=ok, other=0.0)
-    best = tl.load(part_ptr + 3 * n + o, mask=ok, other=float("-inf"))
-    best_idx = tl.load(part_ptr + 4 * n + o, mask=ok, other=0.0)
-    pick = tl.load(part_ptr + 5 * n + o, mask=ok, other=float("-inf"))
-    pick_idx = tl.load(part_ptr + 6 * n + o, mask=ok, other=0.0)
+    best_idx = tl.load(part_ptr + 3 * n + o, mask=ok, other=0.0)
+    pick = tl.load(part_ptr + 4 * n + o, mask=ok, other=float("-inf"))
+    pick_idx = tl.load(part_ptr + 5 * n + o, mask=ok, other=0.0)
 
     m_all = tl.max(m, 1)
     m_all = tl.where(m_all == float("-inf"), 0.0, m_all)  # rows past R
@@ -186,7 +177,7 @@ def _denoise_combine_kernel(
     t_all = tl.sum(alpha * (t + s * shift), 1)
     entropy = tl.log(s_all) - t_all / s_all
     # splits cover ascending columns, so the first maximal split holds the first maximal column
-    first = tl.argmax(best, 1)
+    first = tl.argmax(m, 1)
     argmax = tl.sum(tl.where(splits[None, :] == first[:, None], best_idx, 0.0), 1)
     first = tl.argmax(pick, 1)
     sample = tl.sum(tl.where(splits[None, :] == first[:, None], pick_idx, 0.0), 1)
@@ -239,7 +230,7 @@ def denoise_sample(
     splits = splits or _pick_splits(triton.cdiv(R, block_r), V, block_v, x.device)
     cols_per_split = triton.cdiv(triton.cdiv(V, splits), block_v) * block_v
     splits = triton.cdiv(V, cols_per_split)
-    part = torch.empty(7, R, splits, dtype=torch.float32, device=x.device)
+    part = torch.empty(6, R, splits, dtype=torch.float32, device=x.device)
     _denoise_logits_kernel[(triton.cdiv(R, block_r), splits)](
         x, part, R, V, x.stride(0), cols_per_split, splits,
         float(temperature), float(softcap or 1.0), fold_seed(seed), offset & 0xFFFFFFFF,
@@ -275,7 +266,7 @@ def denoise_sample_from_hidden(
     splits = splits or _pick_splits(triton.cdiv(R, block_r), V, block_v, h.device)
     cols_per_split = triton.cdiv(triton.cdiv(V, splits), block_v) * block_v
     splits = triton.cdiv(V, cols_per_split)
-    part = torch.empty(7, R, splits, dtype=torch.float32, device=h.device)
+    part = torch.empty(6, R, splits, dtype=torch.float32, device=h.device)
     _denoise_hidden_kernel[(triton.cdiv(R, block_r), splits)](
         h, emb, part, R, V, H, h.stride(0), emb.stride(0), cols_per_split, splits,
         float(temperature), float(softcap or 1.0), fold_seed(seed), offset & 0xFFFFFFFF,

@@ -61,6 +61,14 @@ def test_forced_paths_agree_through_the_public_api():
     assert_close("attention", tattn, rattn, 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_sampler_rejects_non_positive_temperature(backend):
+    if backend == "triton" and not kernels.INTERPRETED:
+        pytest.skip("needs TRITON_INTERPRET=1 before `import kernels`")
+    with kernels.force(backend), pytest.raises(ValueError, match="temperature"):
+        kernels.denoise_sample(torch.zeros(2, 5), 0.0, seed=0)
+
+
 def test_decoder_attention_rejects_keys_of_the_wrong_length():
     q, k = torch.zeros(1, 2, 3, 16), torch.zeros(1, 1, 9, 16)
     with pytest.raises(ValueError, match="canvas_start"):
