@@ -1,0 +1,108 @@
+;;; dgemma-lsp-mode.el --- dgemma-ls through lsp-mode -*- lexical-binding: t; -*-
+
+;;; Commentary:
+
+;; Registers the dgemma-ls language server with lsp-mode as an add-on server: it runs
+;; next to the language's own server (pyright, ts-ls, ...) in Python, JavaScript,
+;; TypeScript, JSON and Markdown buffers.
+;;
+;;   (add-to-list 'load-path "/path/to/dgemma-ls/editors/emacs")
+;;   (require 'dgemma-lsp-mode)
+;;   (setq lsp-dgemma-device "cpu" lsp-dgemma-max-middle-tokens 48)
+;;
+;; Inline (ghost-text) completions use lsp-mode's lsp-inline-completion: M-TAB asks
+;; for one, RET accepts, TAB / C-n / C-p cycle, C-g dismisses; with an lsp-mode that has
+;; `lsp-inline-completion-mode' they also appear as you type.  `lsp-execute-code-action'
+;; offers "Fill in the middle", "Repair JSON" and "Repair Markdown table".
+
+;;; Code:
+
+(require 'lsp-mode)
+
+(defgroup lsp-dgemma nil
+  "The dgemma-ls language server through lsp-mode."
+  :group 'lsp-mode
+  :prefix "lsp-dgemma-")
+
+(defcustom lsp-dgemma-server-command '("dgemma-ls")
+  "Command line that starts dgemma-ls on stdio."
+  :type '(repeat string))
+
+(defcustom lsp-dgemma-model nil
+  "Checkpoint directory; nil uses the server's default model."
+  :type '(choice (const nil) directory))
+
+(defcustom lsp-dgemma-device "cpu"
+  "Where the model runs."
+  :type '(choice (const "cpu") (const "cuda") (const "auto")))
+
+(defcustom lsp-dgemma-dtype "auto"
+  "Weight and activation precision."
+  :type '(choice (const "auto") (const "float32") (const "bfloat16") (const "float16")))
+
+(defcustom lsp-dgemma-steps nil
+  "Denoising steps per block; nil uses the engine's default."
+  :type '(choice (const nil) integer))
+
+(defcustom lsp-dgemma-entropy-bound nil
+  "Entropy bound for accepting tokens; nil uses the engine's default."
+  :type '(choice (const nil) number))
+
+(defcustom lsp-dgemma-max-middle-tokens 48
+  "Most tokens one completion or fill may produce."
+  :type 'integer)
+
+(defcustom lsp-dgemma-enabled-languages nil
+  "Language ids to complete in; nil means every language."
+  :type '(repeat string))
+
+(defun lsp-dgemma--settings ()
+  "The `dgemma' section, leaving out unset values so the server uses its defaults."
+  (let ((settings (list :device lsp-dgemma-device
+                        :dtype lsp-dgemma-dtype
+                        :maxMiddleTokens lsp-dgemma-max-middle-tokens)))
+    (when lsp-dgemma-model
+      (setq settings (plist-put settings :model lsp-dgemma-model)))
+    (when lsp-dgemma-steps
+      (setq settings (plist-put settings :steps lsp-dgemma-steps)))
+    (when lsp-dgemma-entropy-bound
+      (setq settings (plist-put settings :entropyBound lsp-dgemma-entropy-bound)))
+    (when lsp-dgemma-enabled-languages
+      (setq settings (plist-put settings :enabledLanguages
+                                (vconcat lsp-dgemma-enabled-languages))))
+    settings))
+
+(lsp-register-client
+ (make-lsp-client
+  :new-connection (lsp-stdio-connection (lambda () lsp-dgemma-server-command))
+  :activation-fn (lsp-activate-on "python" "javascript" "javascriptreact"
+                                  "typescript" "typescriptreact" "json" "jsonc"
+                                  "markdown")
+  :server-id 'dgemma-ls
+  :add-on? t
+  :priority -2
+  :initialization-options (lambda () (list :dgemma (lsp-dgemma--settings)))
+  ;; Settings go as {"dgemma": {...}}: the same object answers workspace/configuration.
+  :initialized-fn (lambda (workspace)
+                    (with-lsp-workspace workspace
+                      (lsp--set-configuration (list :dgemma (lsp-dgemma--settings)))))))
+
+(defun lsp-dgemma-apply-settings ()
+  "Send the current lsp-dgemma-* settings to the running server."
+  (interactive)
+  (lsp--set-configuration (list :dgemma (lsp-dgemma--settings))))
+
+(with-eval-after-load 'lsp-inline-completion
+  (when (fboundp 'lsp-inline-completion-mode)
+    (add-hook 'lsp-mode-hook #'lsp-inline-completion-mode)))
+
+(defun lsp-dgemma--keys ()
+  "Bind M-TAB to ask for an inline completion in lsp-mode buffers."
+  (require 'lsp-inline-completion nil t)
+  (when (fboundp 'lsp-inline-completion-display)
+    (local-set-key (kbd "M-TAB") #'lsp-inline-completion-display)))
+
+(add-hook 'lsp-mode-hook #'lsp-dgemma--keys)
+
+(provide 'dgemma-lsp-mode)
+;;; dgemma-lsp-mode.el ends here
