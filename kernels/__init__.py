@@ -2,23 +2,28 @@
 
 Each public op runs its Triton kernel when the inputs are CUDA tensors and Triton imports,
 else its torch reference (`kernels.reference`, the spec). `DGEMMA_KERNELS=auto|triton|torch`
-or `with kernels.force(...)` overrides the choice. Forcing "triton" on CPU tensors needs
-TRITON_INTERPRET=1 set before `import kernels`: Triton reads it when the kernels are
-decorated, and the kernel modules are imported here, before the public functions below
-take their names in this namespace.
+or `with kernels.force(...)` overrides the choice. Forcing "triton" on CPU tensors runs the
+Triton interpreter, which Triton fixes when it is first imported (TRITON_INTERPRET=1).
 """
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 import torch
 
 from kernels import reference
 
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    # Without CUDA, compiled Triton cannot run at all, so default to the interpreter before
+    # Triton is first imported: forcing "triton" on CPU then works whoever imports us first.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 try:
     import triton
 
+    # imported here, before the public functions below take these names in this namespace
     from kernels import decoder_attention as _decoder_attention_triton
     from kernels import denoise_sample as _denoise_sample_triton
     from kernels import entropy_accept as _entropy_accept_triton
@@ -70,7 +75,9 @@ def backend_for(*tensors: torch.Tensor) -> str:
         if not HAS_TRITON:
             raise RuntimeError("kernels forced to 'triton' but triton is not importable")
         if not INTERPRETED and not all(t.is_cuda for t in tensors):
-            raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1 set before `import kernels`")
+            raise RuntimeError(
+                "Triton on CPU tensors needs the interpreter: TRITON_INTERPRET=1 before triton is imported"
+            )
         return "triton"
     if mode == "torch" or not HAS_TRITON:
         return "torch"
@@ -167,5 +174,6 @@ def decoder_attention(
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads {q.shape[1]} are not a multiple of kv heads {k.shape[1]}")
     if k.shape[2] != canvas_start + q.shape[2]:
-        raise ValueError(f"keys hold {k.shape[2]} positions, expected canvas_start + C = {canvas_start + q.shape[2]}")
+        expected = canvas_start + q.shape[2]
+        raise ValueError(f"keys hold {k.shape[2]} positions, expected canvas_start + C = {expected}")
     return _impl("decoder_attention", "decoder_attention", q, k)(q, k, v, canvas_start, window, scale)

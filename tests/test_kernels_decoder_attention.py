@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 from types import SimpleNamespace
 
@@ -16,7 +16,7 @@ from kernels.decoder_attention import decoder_attention as decoder_attention_tri
 from kernels.testing import assert_close
 
 pytestmark = pytest.mark.skipif(not kernels.INTERPRETED and not torch.cuda.is_available(),
-                                reason="needs a GPU or TRITON_INTERPRET=1 before `import kernels`")
+                                reason="needs a GPU or TRITON_INTERPRET=1 before triton is first imported")
 
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2)]
 

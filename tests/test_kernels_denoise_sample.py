@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from kernels.denoise_sample import denoise_sample_from_hidden as denoise_sample_
 from kernels.testing import assert_close, assert_equal
 
 pytestmark = pytest.mark.skipif(not kernels.INTERPRETED and not torch.cuda.is_available(),
-                                reason="needs a GPU or TRITON_INTERPRET=1 before `import kernels`")
+                                reason="needs a GPU or TRITON_INTERPRET=1 before triton is first imported")
 
 DTYPES = [(torch.float32, 2e-5, 2e-5), (torch.bfloat16, 2e-5, 2e-5)]  # entropy (dtype, atol, rtol)
 
@@ -46,7 +46,9 @@ def test_hidden_sampler_draws_reference_tokens_without_logits(lead, vocab, hidde
     torch.manual_seed(hidden)
     h = torch.randn(*lead, hidden).to(dtype)
     emb = torch.randn(vocab, hidden).to(dtype)
-    got = denoise_sample_from_hidden_triton(h, emb, 0.8, seed=7, softcap=30.0, splits=splits, block_v=64, block_h=16)
+    got = denoise_sample_from_hidden_triton(
+        h, emb, 0.8, seed=7, softcap=30.0, splits=splits, block_v=64, block_h=16
+    )
     want = reference.denoise_sample_from_hidden(h, emb, 0.8, seed=7, softcap=30.0)
     assert_equal("sample", got[0], want[0])
     assert_equal("argmax", got[1], want[1])

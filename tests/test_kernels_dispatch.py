@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import subprocess
 import sys
@@ -38,7 +38,7 @@ def test_env_switch_and_invalid_modes(monkeypatch):
             pass
 
 
-@pytest.mark.skipif(not kernels.INTERPRETED, reason="needs TRITON_INTERPRET=1 before `import kernels`")
+@pytest.mark.skipif(not kernels.INTERPRETED, reason="needs TRITON_INTERPRET=1 before triton is first imported")
 def test_forced_paths_agree_through_the_public_api():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 50)
@@ -64,7 +64,7 @@ def test_forced_paths_agree_through_the_public_api():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_sampler_rejects_non_positive_temperature(backend):
     if backend == "triton" and not kernels.INTERPRETED:
-        pytest.skip("needs TRITON_INTERPRET=1 before `import kernels`")
+        pytest.skip("needs TRITON_INTERPRET=1 before triton is first imported")
     with kernels.force(backend), pytest.raises(ValueError, match="temperature"):
         kernels.denoise_sample(torch.zeros(2, 5), 0.0, seed=0)
 

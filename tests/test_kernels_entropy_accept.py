@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ from kernels.entropy_accept import entropy_accept as entropy_accept_triton
 from kernels.testing import assert_equal
 
 pytestmark = pytest.mark.skipif(not kernels.INTERPRETED and not torch.cuda.is_available(),
-                                reason="needs a GPU or TRITON_INTERPRET=1 before `import kernels`")
+                                reason="needs a GPU or TRITON_INTERPRET=1 before triton is first imported")
 
 VOCAB = 1000
 

@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from kernels.moe_experts import moe_experts as moe_experts_triton
 from kernels.testing import assert_close
 
 pytestmark = pytest.mark.skipif(not kernels.INTERPRETED and not torch.cuda.is_available(),
-                                reason="needs a GPU or TRITON_INTERPRET=1 before `import kernels`")
+                                reason="needs a GPU or TRITON_INTERPRET=1 before triton is first imported")
 
 # bf16: the reference rounds gate, up and their product to bf16, the kernel keeps fp32
 DTYPES = [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 6e-2, 3e-2)]

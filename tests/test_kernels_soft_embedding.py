@@ -2,7 +2,7 @@
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels imports triton
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from kernels.soft_embedding import soft_embedding as soft_embedding_triton
 from kernels.testing import assert_close
 
 pytestmark = pytest.mark.skipif(not kernels.INTERPRETED and not torch.cuda.is_available(),
-                                reason="needs a GPU or TRITON_INTERPRET=1 before `import kernels`")
+                                reason="needs a GPU or TRITON_INTERPRET=1 before triton is first imported")
 
 # bf16: the reference rounds probabilities to bf16 before the matmul, the kernel does not
 DTYPES = [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 2e-2, 2e-2)]
