@@ -97,9 +97,9 @@ _UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 
 
 def printable(middle: str) -> str:
-    """The middle without control characters and U+FFFD (a token cut inside a UTF-8
-    sequence): neither belongs in a source file the user is typing."""
-    return _UNPRINTABLE.sub("", middle)
+    """The middle without control characters, lone carriage returns and U+FFFD (a token cut
+    inside a UTF-8 sequence): none of them belongs in a source file the user is typing."""
+    return _UNPRINTABLE.sub("", middle.replace("\r\n", "\n").replace("\r", ""))
 
 
 def accepted(middles: Sequence[str], ctx) -> list[str]:
@@ -123,15 +123,20 @@ class Hole:
 
 def fill_hole(engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate,
               usage: Usage) -> Edit | None:
-    """A model-written replacement for a hole, or None if no candidate survived post-processing.
+    """A model-written replacement for a hole, or None if no candidate survived.
 
-    An explicit fill is worth a few batches: when every candidate of one is rejected (it would
-    add syntax errors), the next batch samples with a new seed."""
+    A candidate survives post-processing and must not leave the whole document with more
+    syntax errors than it has now (the post-processor judges windows around a hole whose
+    removal may itself break the syntax, as removing `pass` does). An explicit fill is worth a
+    few batches: when every candidate of one is rejected, the next samples with a new seed."""
     ctx = build_context(engine, tree, hole.start, settings, replace_end=hole.end, scope=hole.scope)
+    baseline = tree.error_count()
     for seed in range(FILL_ROUNDS):
         middles = generate(engine, ctx, settings, FILL_CANDIDATES, should_stop, usage, seed=seed)
-        if finals := accepted(middles, ctx):
-            return Edit(hole.start, hole.end, finals[0])
+        for final in accepted(middles, ctx):
+            filled = SyntaxTree(tree.text[: hole.start] + final + tree.text[hole.end :], tree.language)
+            if filled.error_count() <= baseline:
+                return Edit(hole.start, hole.end, final)
     return None
 
 
