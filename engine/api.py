@@ -170,7 +170,8 @@ class Engine:
         gen = self._generation(steps, entropy_bound)
         pre, suf = tok.encode(prefix), tok.encode(suffix)
         eos = tok.eos_ids[0] if tok.eos_ids else None
-        hole_cap = max(1, min(max_middle_tokens, self.config.canvas_length - 2 * min(context_tokens, 8)))
+        width = self.config.canvas_length
+        hole_cap = max(1, min(max_middle_tokens, width - 2 * min(context_tokens, width // 8)))
         if mode == "fim":
             if not tok.has_fim:
                 raise EngineError("this checkpoint's tokenizer has no FIM tokens; use mode='canvas'")
@@ -179,10 +180,11 @@ class Engine:
                               fim_suffix=tok.fim_suffix_id, fim_middle=tok.fim_middle_id) for n in lengths]
         else:
             lengths = [hole_cap] if tok.filler_id is not None else candidate_lengths(hole_cap)
-            longest = max(lengths)
-            # shorter holes see more of the suffix, so every row's canvas is about as wide
-            plans = [plan_canvas(pre, suf, n, bos=tok.bos_id, eos=eos, tail=context_tokens,
-                                 head=context_tokens + longest - n) for n in lengths]
+            longest = plan_canvas(pre, suf, max(lengths), bos=tok.bos_id, eos=eos, width=width,
+                                  context=context_tokens)
+            tail = longest.hole.start  # every row shares the prompt, so the same prefix tail
+            plans = [plan_canvas(pre, suf, n, bos=tok.bos_id, eos=eos, width=width, context=context_tokens,
+                                 tail=tail) for n in lengths]
         rows = [p for p in plans for _ in range(num_candidates)]
         cache = self.prefill(plans[0].prompt)
         canvas_known, clamped = stack_plans(rows, tok.pad_id or 0, self.model.device)

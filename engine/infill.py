@@ -26,12 +26,15 @@ class CanvasPlan:
 
 
 def plan_canvas(prefix: list[int], suffix: list[int], hole: int, *, bos: int | None, eos: int | None,
-                tail: int = 32, head: int = 32) -> CanvasPlan:
-    """Place a hole of `hole` positions between up to `tail` prefix tokens and `head` suffix tokens.
+                width: int, context: int = 32, tail: int | None = None) -> CanvasPlan:
+    """Place a hole of `hole` positions in a canvas of at most `width`, between the prefix's tail
+    and the suffix's head (each up to `context` tokens; room one side leaves unused goes to the other).
 
-    When the whole suffix fits, the document's end is marked with a clamped eos (as in training)."""
-    a = min(len(prefix), tail)
-    b = min(len(suffix), head)
+    `tail` fixes the prefix tail (plans sharing one prompt must agree on it). When the whole suffix
+    fits, the document's end is marked with a clamped eos (as in training)."""
+    room = max(0, width - hole - 1)
+    a = min(len(prefix), context, max(room // 2, room - len(suffix))) if tail is None else min(len(prefix), tail)
+    b = min(len(suffix), context, room - a)
     prompt = ([bos] if bos is not None else []) + prefix[: len(prefix) - a]
     end = [eos] if eos is not None and b == len(suffix) else []
     canvas = prefix[len(prefix) - a:] + [0] * hole + suffix[:b] + end

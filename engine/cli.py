@@ -1,0 +1,168 @@
+"""`dgemma`: generate, fill a middle in a file, batch infilling, evaluation and training.
+
+    dgemma generate [--model DIR] --prompt TEXT
+    dgemma fill [--model DIR] FILE --line L --col C [--visual]
+    dgemma infill-batch --tasks IN.jsonl --out OUT.jsonl [--model DIR]
+    dgemma eval-infilling --benchmark single-line [--limit N] [--model DIR]
+    dgemma train [--out runs/NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import EngineError
+
+
+def _load(args):
+    from .api import Engine
+
+    return Engine.load(args.model, device=args.device, dtype=args.dtype)
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("--model", default=None, help="checkpoint directory or HF cache snapshot (default: embedded)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per canvas")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def offset_of(text: str, line: int, col: int) -> int:
+    """1-based line and column (in characters) to a string offset; clear error when out of range."""
+    lines = text.splitlines(keepends=True) or [""]
+    if not 1 <= line <= len(lines) + 1:
+        raise EngineError(f"--line {line} is outside the file (1..{len(lines)})")
+    start = sum(len(x) for x in lines[: line - 1])
+    current = lines[line - 1] if line - 1 < len(lines) else ""
+    width = len(current.rstrip("\r\n"))
+    if not 1 <= col <= width + 1:
+        raise EngineError(f"--col {col} is outside line {line} (1..{width + 1})")
+    return start + col - 1
+
+
+def read_source(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise EngineError(f"{path}: no such file")
+    data = p.read_bytes()
+    if len(data) > 5_000_000:
+        raise EngineError(f"{path}: {len(data)} bytes is too large to fill (limit 5 MB)")
+    if b"\0" in data[:8192]:
+        raise EngineError(f"{path}: looks binary")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EngineError(f"{path}: not UTF-8 ({e})") from None
+
+
+def cmd_generate(args) -> int:
+    engine = _load(args)
+    out = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens, steps=args.steps, seed=args.seed,
+                          exact=args.exact)
+    print(out.text)
+    print(f"[{out.tokens} tokens, {sum(out.steps)} steps, {out.tokens_per_forward:.2f} tokens/forward, "
+          f"{out.ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def cmd_fill(args) -> int:
+    text = read_source(args.file)
+    cursor = offset_of(text, args.line, args.col)
+    engine = _load(args)
+    prefix, suffix = text[:cursor], text[cursor:]
+    on_step = None
+    if args.visual:
+        def on_step(step, draft):
+            shown = draft.replace("\n", "⏎")[:100]
+            sys.stderr.write(f"\r\x1b[2Kstep {step:3d} │ {shown}")
+            sys.stderr.flush()
+            time.sleep(args.visual_delay)
+    results = engine.infill(prefix, suffix, max_middle_tokens=args.max_middle_tokens, steps=args.steps,
+                            seed=args.seed, mode=args.mode, on_step=on_step)
+    if args.visual:
+        sys.stderr.write("\n")
+    best = results[0]
+    sys.stdout.write(best.text + ("\n" if not best.text.endswith("\n") else ""))
+    print(f"[{best.tokens} tokens, {best.steps} steps, {best.tokens_per_forward:.2f} tokens/forward, "
+          f"{best.ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def cmd_infill_batch(args) -> int:
+    from .evaluate import infill_batch
+
+    engine = _load(args)
+    infill_batch(engine, args.tasks, args.out, steps=args.steps, max_middle_tokens=args.max_middle_tokens)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import eval_infilling
+
+    engine = None if args.baseline else _load(args)
+    eval_infilling(engine, args.benchmark, args.limit, args.benchmarks_dir, steps=args.steps,
+                   max_middle_tokens=args.max_middle_tokens, heldout=args.heldout)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from .train import main as train_main
+
+        train_main(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(prog="dgemma", description="DiffusionGemma block-diffusion engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="continue a prompt")
+    _common(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--exact", action="store_true", help="reference-compatible noise (torch RNG)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("fill", help="print the middle at a cursor in FILE")
+    _common(p)
+    p.add_argument("file")
+    p.add_argument("--line", type=int, required=True, help="1-based line")
+    p.add_argument("--col", type=int, required=True, help="1-based column")
+    p.add_argument("--max-middle-tokens", type=int, default=48)
+    p.add_argument("--mode", default="canvas", choices=["canvas", "fim"])
+    p.add_argument("--visual", action="store_true", help="redraw the draft middle per denoising step")
+    p.add_argument("--visual-delay", type=float, default=0.05)
+    p.set_defaults(func=cmd_fill)
+
+    p = sub.add_parser("infill-batch", help="fill HumanEval-infilling style tasks")
+    _common(p)
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-middle-tokens", type=int, default=48)
+    p.set_defaults(func=cmd_infill_batch)
+
+    p = sub.add_parser("eval-infilling", help="pass@1 on HumanEval infilling")
+    _common(p)
+    p.add_argument("--benchmark", default="single-line",
+                   choices=["single-line", "multi-line", "random-span", "random-span-light"])
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--benchmarks-dir", default=None, help="default: ../shared/benchmarks/humaneval-infilling")
+    p.add_argument("--max-middle-tokens", type=int, default=48)
+    p.add_argument("--baseline", action="store_true", help="score the empty completion instead of a model")
+    p.add_argument("--heldout", default=None, help="also report exact match on N held-out corpus holes")
+    p.set_defaults(func=cmd_eval)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EngineError as e:
+        print(f"dgemma: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Train a small DiffusionGemma from scratch on the local corpus, on the CPU, resumably.
+
+Objective (DiffusionGemma's recipe as NeMo AutoModel documents it, plus the server's tasks):
+each training row is `bos + tokens` packed from corpus documents; the encoder reads it
+causally (next-token loss, weight 1.0) and the decoder denoises canvas slots attached to it.
+A plain slot is a block of the row with every token replaced by a uniform random one with
+probability t ~ U(1e-3, 1); an infill slot is the canvas the engine builds at inference
+(engine/infill.py): clamped prefix tail, a hole holding the middle then `<|filler|>` tokens,
+clamped suffix head — noised only in the hole. Holes favour whole lines and spans between
+delimiters (JSON values, Markdown cells, arguments). Self-conditioning with probability 0.5
+(first pass without gradient, second fed its softmax @ embeddings). Loss: flat mean
+cross-entropy over canvas targets, logits softcapped at 30.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import save_model
+from .config import GenerationConfig, ModelConfig
+from .corpus import iter_documents
+from .model import DiffusionGemma, init_weights
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("dgemma.train")
+
+PAD, EOS, BOS, FILLER = 0, 1, 2, 7
+DELIMITERS = ("\n", ",", ":", "|", "(", ")", "=", "[", "]", "{", "}")
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "data/corpus"
+    tokenizer: str = "engine/default_model/tokenizer.json"
+    out: str = "runs/default"
+    seq_len: int = 512  # encoder tokens per row (bos included); slots cover the same span
+    canvas: int = 64
+    batch: int = 8
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 200
+    total_steps: int = 20_000  # schedule length; the run may stop (and resume) any time
+    weight_decay: float = 0.1
+    infill_prob: float = 0.5
+    short_canvas_prob: float = 0.5
+    max_middle: int = 48
+    self_cond_prob: float = 0.5
+    seed: int = 0
+    checkpoint_minutes: float = 10.0
+    max_minutes: float = 140.0
+    # model shape
+    hidden_size: int = 256
+    layers: int = 6
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 512
+    experts: int = 8
+    top_k: int = 2
+    moe_intermediate_size: int = 256
+    sliding_window: int = 256
+
+
+def model_config(tc: TrainConfig, vocab_size: int) -> ModelConfig:
+    types = ["full_attention" if (i + 1) % 3 == 0 else "sliding_attention" for i in range(tc.layers)]
+    return ModelConfig(
+        vocab_size=vocab_size, hidden_size=tc.hidden_size, intermediate_size=tc.intermediate_size,
+        num_hidden_layers=tc.layers, num_attention_heads=tc.heads, num_key_value_heads=tc.kv_heads,
+        head_dim=tc.head_dim, global_head_dim=tc.head_dim, num_global_key_value_heads=1,
+        sliding_window=tc.sliding_window, layer_types=types, num_experts=tc.experts,
+        top_k_experts=tc.top_k, moe_intermediate_size=tc.moe_intermediate_size, canvas_length=tc.canvas,
+        max_position_embeddings=8192,
+    )
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+class Rows:
+    """Endless rows of `seq_len + 1` tokens (bos, then documents separated by eos), resumable by position."""
+
+    def __init__(self, corpus: str, tokenizer: Tokenizer, seq_len: int, doc_index: int = 0):
+        self.corpus, self.tok, self.seq_len, self.doc_index = corpus, tokenizer, seq_len, doc_index
+        self._buffer: list[int] = []
+        self._docs = self._documents()
+
+    def _documents(self):
+        while True:
+            for i, doc in enumerate(iter_documents(self.corpus, "train")):
+                if i < self.doc_index:
+                    continue
+                self.doc_index = i + 1
+                yield doc["text"]
+            self.doc_index = 0
+
+    def next_row(self) -> list[int]:
+        while len(self._buffer) < self.seq_len:
+            self._buffer += self.tok.encode(next(self._docs)) + [EOS]
+        row, self._buffer = self._buffer[: self.seq_len], self._buffer[self.seq_len:]
+        return [BOS] + row
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (B, S + 1): encoder input is [:, :-1], its targets [:, 1:]
+    canvas: torch.Tensor  # (B, K * C) noised canvases, K slots of width C
+    targets: torch.Tensor  # (B, K * C) clean canvas tokens
+    loss_mask: torch.Tensor  # (B, K * C) positions whose prediction is scored
+    valid: torch.Tensor  # (B, K * C) canvas positions that exist (short slots are padded)
+    attach: torch.Tensor  # (B, K) encoder position each slot follows
+
+
+def delimiter_ids(tok: Tokenizer) -> torch.Tensor:
+    mask = torch.zeros(tok.vocab_size, dtype=torch.bool)
+    for i in range(tok.vocab_size):
+        text = tok.decode([i])
+        mask[i] = any(d in text for d in DELIMITERS)
+    return mask
+
+
+def make_batch(rows: list[list[int]], tc: TrainConfig, vocab: int, delims: torch.Tensor,
+               rng: random.Random) -> Batch:
+    B, S, C = len(rows), tc.seq_len, tc.canvas
+    K = S // C
+    tokens = torch.tensor(rows)  # (B, S + 1)
+    canvas = torch.full((B, K * C), PAD)
+    targets = torch.full((B, K * C), PAD)
+    loss_mask = torch.zeros((B, K * C), dtype=torch.bool)
+    valid = torch.zeros((B, K * C), dtype=torch.bool)
+    attach = torch.zeros((B, K), dtype=torch.long)
+    for b in range(B):
+        row = tokens[b]
+        for k in range(K):
+            s = 1 + k * C  # slot k covers row[s : s + C]; the encoder keys before it are row[:s]
+            sl = slice(k * C, (k + 1) * C)
+            attach[b, k] = s
+            if rng.random() < tc.infill_prob:
+                known, target, scored, width = infill_slot(row, s, tc, delims, rng)
+            else:
+                known, target, scored, width = row[s: s + C].clone(), row[s: s + C].clone(), \
+                    torch.ones(C, dtype=torch.bool), C
+            t = rng.uniform(1e-3, 1.0)
+            noise = torch.randint(0, vocab, (C,))
+            replace = (torch.rand(C) < t) & scored
+            canvas[b, sl] = torch.where(replace, noise, known)
+            targets[b, sl] = target
+            loss_mask[b, sl] = scored
+            valid[b, k * C: k * C + width] = True
+    return Batch(tokens, canvas, targets, loss_mask & valid, valid, attach)
+
+
+def infill_slot(row: torch.Tensor, s: int, tc: TrainConfig, delims: torch.Tensor, rng: random.Random):
+    """The engine's inference canvas for a hole starting inside row[s:]: tail | middle + fillers | head."""
+    C = tc.canvas
+    limit = len(row)
+    m = _middle_length(row, s, tc, delims, rng)
+    h = s + rng.randint(0, max(0, C - m - 1) // 2)  # hole start: tail a = h - s tokens
+    a = h - s
+    m = min(m, limit - h)
+    room = C - a - m
+    fillers = rng.randint(0, max(0, min(tc.max_middle - m, room)))
+    b = C - a - m - fillers
+    if rng.random() < tc.short_canvas_prob:  # short canvases, as inline completion builds them
+        b = min(b, rng.randint(0, 32))
+    head = row[h + m: h + m + b]
+    b = len(head)
+    hole_target = torch.cat([row[h: h + m], torch.full((fillers,), FILLER)])
+    target = torch.cat([row[s:h], hole_target, head])
+    width = len(target)
+    scored = torch.zeros(C, dtype=torch.bool)
+    scored[a: a + m + fillers] = True
+    pad = C - width
+    target = torch.cat([target, torch.full((pad,), PAD)])
+    return target.clone(), target, scored, width
+
+
+def _middle_length(row: torch.Tensor, s: int, tc: TrainConfig, delims: torch.Tensor, rng: random.Random) -> int:
+    """Hole lengths favour spans between delimiters (a line, a cell, a JSON value)."""
+    if rng.random() < 0.6:
+        window = row[s: s + tc.canvas]
+        stops = torch.nonzero(delims[window]).flatten().tolist()
+        if len(stops) >= 2:
+            i = rng.randrange(len(stops) - 1)
+            j = min(len(stops) - 1, i + rng.choice([1, 1, 1, 2, 3]))
+            m = stops[j] - stops[i]
+            if 1 <= m <= tc.max_middle:
+                return m
+    return max(1, min(tc.max_middle, int(rng.expovariate(1 / 12))))
+
+
+# ---- forward passes -----------------------------------------------------------------------------
+
+
+def run_encoder(model: DiffusionGemma, ids: torch.Tensor):
+    """Causal pass over ids (B, S) -> hidden (B, S, H) and each layer's keys/values for the decoder."""
+    B, S = ids.shape
+    cfg = model.config
+    pos = torch.arange(S)[None]
+    ropes = model.rope(pos, torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else model.dtype)
+    q_pos, k_pos = pos[0, :, None], pos[0, None, :]
+    causal = k_pos <= q_pos
+    masks = {False: causal, True: causal & (k_pos > q_pos - cfg.sliding_window)}
+    kv = []
+    x = model.embed_tokens(ids)
+    for layer, spec in zip(model.layers, cfg.layers):
+        def attend(q, k, v, sliding=spec.sliding):
+            kv.append((k, v))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[sliding], scale=1.0, enable_gqa=True)
+        x = layer(x, *ropes[spec], attend, layer.encoder_scalar)
+    return model.norm(x), kv
+
+
+def decoder_masks(attach: torch.Tensor, valid: torch.Tensor, S: int, C: int, window: int):
+    """Slot k's queries see encoder keys j < attach_k (and > attach_k - window when sliding) and
+    the valid keys of their own slot: {sliding: (B, 1, K*C, S + K*C) bool}."""
+    B, K = attach.shape
+    j = torch.arange(S)
+    enc_full = j[None, None, :] < attach[:, :, None]  # (B, K, S)
+    enc_slide = enc_full & (j[None, None, :] > attach[:, :, None] - window)
+    slot = torch.arange(K * C) // C
+    same = slot[:, None] == slot[None, :]  # (KC, KC)
+    own = same[None] & valid[:, None, :]  # (B, KC, KC)
+    own = own | torch.eye(K * C, dtype=torch.bool)[None]  # padded queries see themselves: no empty rows
+    out = {}
+    for sliding, enc in ((False, enc_full), (True, enc_slide)):
+        enc_q = enc.repeat_interleave(C, dim=1)  # (B, KC, S)
+        out[sliding] = torch.cat([enc_q, own], dim=-1)[:, None]
+    return out
+
+
+def run_decoder(model: DiffusionGemma, canvas: torch.Tensor, positions: torch.Tensor, enc_kv, masks,
+                soft: torch.Tensor | None):
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else model.dtype
+    ropes = model.rope(positions, dtype)
+    x = model.self_condition(model.embed_tokens(canvas), soft)
+    for layer, spec, (ek, ev) in zip(model.layers, model.config.layers, enc_kv):
+        def attend(q, k, v, ek=ek, ev=ev, sliding=spec.sliding):
+            return F.scaled_dot_product_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2),
+                                                  attn_mask=masks[sliding], scale=1.0, enable_gqa=True)
+        x = layer(x, *ropes[spec], attend, layer.decoder_scalar)
+    return model.norm(x)
+
+
+def losses(model: DiffusionGemma, batch: Batch, tc: TrainConfig, self_condition: bool):
+    ids = batch.tokens[:, :-1]
+    B, S = ids.shape
+    C = tc.canvas
+    hidden, enc_kv = run_encoder(model, ids)
+    ar_logits = model.logits(hidden)
+    ar_loss = F.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
+    positions = (batch.attach.repeat_interleave(C, dim=1) + torch.arange(batch.canvas.shape[1]) % C)
+    masks = decoder_masks(batch.attach, batch.valid, S, C, model.config.sliding_window)
+    soft = None
+    if self_condition:
+        with torch.no_grad():
+            first = model.logits(run_decoder(model, batch.canvas, positions, enc_kv, masks, None))
+            soft = model.soft_embedding(first.to(model.embed.weight.dtype)).detach()
+    logits = model.logits(run_decoder(model, batch.canvas, positions, enc_kv, masks, soft))
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="none")
+    mask = batch.loss_mask.reshape(-1).float()
+    diffusion_loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return diffusion_loss, ar_loss
+
+
+# ---- loop ---------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    progress = min(1.0, (step - tc.warmup) / max(1, tc.total_steps - tc.warmup))
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_state(out: Path, model, optimizer, state: dict, tc: TrainConfig):
+    """Resumable state without pickle: weights + Adam moments as safetensors, counters as JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        st = optimizer.state.get(p)
+        if st:
+            tensors[f"adam.{n}.exp_avg"] = st["exp_avg"].contiguous()
+            tensors[f"adam.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            state["adam_step"] = float(st["step"])
+    tmp = out / "train_state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / "train_state.safetensors")
+    (out / "train_state.json").write_text(json.dumps({"train_config": asdict(tc), **state}, indent=2))
+
+
+def load_state(out: Path, model, optimizer) -> dict:
+    tensors = load_file(str(out / "train_state.safetensors"))
+    state = json.loads((out / "train_state.json").read_text())
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(tensors[f"model.{n}"])
+            if f"adam.{n}.exp_avg" in tensors:
+                optimizer.state[p] = {"step": torch.tensor(state.get("adam_step", 0.0)),
+                                      "exp_avg": tensors[f"adam.{n}.exp_avg"],
+                                      "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"]}
+    return state
+
+
+def train(tc: TrainConfig):
+    torch.manual_seed(tc.seed)
+    out = Path(tc.out)
+    tok = Tokenizer(tc.tokenizer, bos_id=BOS, eos_ids=[EOS], pad_id=PAD)
+    config = model_config(tc, tok.vocab_size)
+    model = DiffusionGemma(config)
+    init_weights(model, seed=tc.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
+    state = {"step": 0, "doc_index": 0, "tokens": 0, "seconds": 0.0}
+    if (out / "train_state.safetensors").exists():
+        state = load_state(out, model, optimizer)
+        log.info("resumed from %s at step %d", out, state["step"])
+    rows = Rows(tc.corpus, tok, tc.seq_len, state["doc_index"])
+    rng = random.Random(tc.seed * 1_000_003 + state["step"])
+    delims = delimiter_ids(tok)
+    log.info("model: %.2fM params; %s", model.num_parameters() / 1e6, json.dumps(asdict(tc)))
+    t_start = time.time()
+    last_save = time.time()
+    gen = GenerationConfig(max_denoising_steps=16, eos_token_id=[EOS], pad_token_id=PAD)
+    window_tokens, window_t, ema = 0, time.time(), None
+    while state["step"] < tc.total_steps:
+        step = state["step"]
+        batch = make_batch([rows.next_row() for _ in range(tc.batch)], tc, config.vocab_size, delims, rng)
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, tc)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            diffusion_loss, ar_loss = losses(model, batch, tc, rng.random() < tc.self_cond_prob)
+            loss = diffusion_loss + ar_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state["step"] += 1
+        n_tok = tc.batch * tc.seq_len
+        state["tokens"] += n_tok
+        window_tokens += n_tok
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if state["step"] % 10 == 0:
+            now = time.time()
+            log.info("step %d loss %.3f (diffusion %.3f, ar %.3f, ema %.3f) lr %.2e %.0f tok/s",
+                     state["step"], loss.item(), diffusion_loss.item(), ar_loss.item(), ema,
+                     lr_at(step, tc), window_tokens / (now - window_t))
+            window_tokens, window_t = 0, now
+        elapsed = time.time() - t_start
+        if time.time() - last_save > tc.checkpoint_minutes * 60 or elapsed > tc.max_minutes * 60:
+            state["doc_index"] = rows.doc_index
+            state["seconds"] = state.get("seconds", 0.0) + (time.time() - last_save)
+            save_state(out, model, optimizer, state, tc)
+            save_model(model, gen, out / "model", dtype=torch.bfloat16)
+            tok_path = out / "model" / "tokenizer.json"
+            tok_path.write_bytes(Path(tc.tokenizer).read_bytes())
+            log.info("checkpoint at step %d (%.1fM tokens)", state["step"], state["tokens"] / 1e6)
+            last_save = time.time()
+            if elapsed > tc.max_minutes * 60:
+                break
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="dgemma train", description=__doc__.splitlines()[0])
+    for f in TrainConfig.__dataclass_fields__.values():
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    train(TrainConfig(**vars(args)))
+
+
+if __name__ == "__main__":
+    main()
