@@ -6,9 +6,13 @@ str-offset `Edit`s plus the `Usage` the model calls cost. Knows nothing about LS
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 from dgemma_ls import context, postprocess, repair_json, repair_markdown
@@ -177,10 +181,10 @@ def _edits(old: str, new: str) -> list[Edit]:
     return [Edit(start, end, new_text) for start, end, new_text in minimal_edits(old, new)]
 
 
-def repair_json_text(engine, text: str, settings: Settings, should_stop: StopPredicate) -> Result:
+def repair_json_text(engine, text: str, settings: Settings, should_stop: StopPredicate, schema: dict | None = None) -> Result:
     started = time.perf_counter()
     usage = Usage()
-    repaired = repair_json.repair_json(text, fill=model_fill(engine, settings, should_stop, usage))
+    repaired = repair_json.repair_json(text, fill=model_fill(engine, settings, should_stop, usage), schema=schema)
     usage.ms = usage.ms or (time.perf_counter() - started) * 1000
     return Result(_edits(text, repaired.text) if repaired.changed else [], usage)
 
@@ -195,8 +199,45 @@ def repair_markdown_text(engine, text: str, start: int | None, end: int | None, 
     return Result(_edits(text, repaired), usage)
 
 
-def json_needs_repair(tree: SyntaxTree) -> bool:
-    return tree.error_count() > 0
+def json_needs_repair(tree: SyntaxTree, schema: dict | None) -> bool:
+    """Syntax errors, or keys the document's schema requires that a deterministic repair adds."""
+    if tree.error_count() > 0:
+        return True
+    return schema is not None and repair_json.repair_json(tree.text, schema=schema).changed
+
+
+_SCHEMA_REF = re.compile(r'"\$schema"\s*:\s*"([^"]+)"')
+MAX_SCHEMA_BYTES = 1_000_000
+_schemas: dict[tuple[str, int], dict | None] = {}
+
+
+def json_schema(text: str, uri: str) -> dict | None:
+    """The JSON Schema a document names in "$schema" when it is a local file (a path relative
+    to the document, or a file: URI) that loads; remote schemas are never fetched."""
+    match = _SCHEMA_REF.search(text)
+    document = urllib.parse.urlparse(uri)
+    if match is None or document.scheme != "file":
+        return None
+    ref = urllib.parse.urlparse(match.group(1))
+    if ref.scheme == "file":
+        path = Path(urllib.request.url2pathname(ref.path))
+    elif ref.scheme:
+        return None
+    else:
+        path = Path(urllib.request.url2pathname(document.path)).parent / match.group(1)
+    try:
+        stat = path.stat()
+        if stat.st_size > MAX_SCHEMA_BYTES:
+            return None
+        key = (str(path), stat.st_mtime_ns)
+        if key not in _schemas:
+            if len(_schemas) > 32:
+                _schemas.clear()
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            _schemas[key] = loaded if isinstance(loaded, dict) else None
+        return _schemas[key]
+    except (OSError, ValueError):
+        return None
 
 
 def tables_needing_repair(text: str, start: int, end: int) -> list[tuple[int, int]]:

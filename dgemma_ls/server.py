@@ -75,6 +75,7 @@ class DgemmaServer(LanguageServer):
         self.worker = ModelWorker()
         self.cache = infill.CompletionCache()
         self.recent = context.RecentChunks()
+        self._edited: dict[str, int] = {}  # uri -> offset of its last edit, not yet in `recent`
         self._automatic: dict[str, Ticket] = {}  # the newest automatic inline request per document
         self._deferred_warnings: list[str] = []
         self._loads = 0
@@ -232,13 +233,24 @@ class DgemmaServer(LanguageServer):
         doc.version = params.text_document.version
         if doc.skip_reason:
             self.log_reason_once(uri, doc.skip_reason)
+            self._edited.pop(uri, None)
         else:
             self._logged_reasons.pop(uri, None)
-            self.recent.add(uri, context.chunk_around(doc.text, last_edit))
+            self._edited[uri] = last_edit
+
+    def snippets_for(self, uri: str) -> list[context.Snippet]:
+        """Recently edited code of the other documents, for the model's prompt. Chunks are cut
+        here, when a completion needs them, not on every keystroke."""
+        for other, offset in list(self._edited.items()):
+            if other != uri and (doc := self.documents.get(other)) is not None:
+                self.recent.add(other, context.chunk_around(doc.text, offset))
+                del self._edited[other]
+        return self.recent.snippets(exclude_uri=uri)
 
     def close_document(self, uri: str) -> None:
         self.documents.pop(uri, None)
         self.cache.forget(uri)
+        self._edited.pop(uri, None)
         self._automatic.pop(uri, None)
         self._logged_reasons.pop(uri, None)
 
@@ -284,7 +296,7 @@ class DgemmaServer(LanguageServer):
             start, end, head = selected[0], max(selected[1], offset), selected[2]
             tree = SyntaxTree(doc.text[:start] + head + doc.text[end:], doc.language)
             cursor = start + len(head)
-        ctx = infill.build_context(engine, tree, cursor, settings, extra=self.recent.snippets(exclude_uri=uri))
+        ctx = infill.build_context(engine, tree, cursor, settings, extra=self.snippets_for(uri))
         usage = infill.Usage()
 
         def job(engine) -> list[str]:  # finalize reads only ctx's windows, so it runs off the loop
@@ -378,7 +390,7 @@ class DgemmaServer(LanguageServer):
                     title = f"Fill in the middle ({target.kind.replace('_', ' ')}, line {doc.position_at(target.start)[0] + 1})"
                 offer(title, types.CodeActionKind.RefactorRewrite, FILL, infill.Hole(target.start, target.end, target.scope))
         if wanted(types.CodeActionKind.QuickFix):
-            if doc.language == "json" and infill.json_needs_repair(doc.tree):
+            if doc.language == "json" and infill.json_needs_repair(doc.tree, infill.json_schema(doc.text, doc.uri)):
                 offer("Repair JSON", types.CodeActionKind.QuickFix, REPAIR_JSON, None)
             if doc.language == "markdown":
                 for table_start, table_end in infill.tables_needing_repair(doc.text, start, end):
@@ -425,7 +437,8 @@ class DgemmaServer(LanguageServer):
             job = functools.partial(infill.fill_holes, text=text, language=language, holes=[hole], settings=settings,
                                     should_stop=ticket.should_stop)
         elif action == REPAIR_JSON:
-            job = functools.partial(infill.repair_json_text, text=text, settings=settings, should_stop=ticket.should_stop)
+            job = functools.partial(infill.repair_json_text, text=text, settings=settings, should_stop=ticket.should_stop,
+                                    schema=infill.json_schema(text, doc.uri))
         elif action == REPAIR_MARKDOWN:
             start, end = (hole.start, hole.end) if hole else (None, None)
             job = functools.partial(infill.repair_markdown_text, text=text, start=start, end=end, settings=settings,

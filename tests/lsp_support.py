@@ -30,12 +30,14 @@ def server_env() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def session(client_name: str, *, model: str | None, settings: dict | None = None, args: tuple[str, ...] = (),
+async def session(client: str | types.ClientCapabilities, *, model: str | None, settings: dict | None = None, args: tuple[str, ...] = (),
                   wait: str | None = READY, trace: bool = True):
-    """A client speaking to a fresh server, initialized with `settings` and (by default) ready."""
+    """A client with an editor's capabilities (a pytest-lsp client name, or capabilities) speaking to a
+    fresh server initialized with `settings` and, by default, with its model loaded."""
     command = [sys.executable, "-m", "dgemma_ls", "--log-level", "INFO", *args]
     if model is not None:
         command += ["--model", model]
+    capabilities = client_capabilities(client) if isinstance(client, str) else client
     client: LanguageClient = await ClientServerConfig(server_command=command, server_env=server_env()).start()
     client.traces = []
 
@@ -46,7 +48,7 @@ async def session(client_name: str, *, model: str | None, settings: dict | None 
     try:
         await client.initialize_session(
             types.InitializeParams(
-                capabilities=client_capabilities(client_name),
+                capabilities=capabilities,
                 initialization_options={"dgemma": dict(FAST if settings is None else settings)},
                 root_uri=REPO.as_uri(),
                 trace=types.TraceValue.Verbose if trace else None,
@@ -88,10 +90,11 @@ class Doc:
 
     _count = 0
 
-    def __init__(self, client: LanguageClient, text: str, language_id: str = "python", suffix: str = ".py"):
+    def __init__(self, client: LanguageClient, text: str, language_id: str = "python", suffix: str = ".py",
+                 path: Path | None = None):
         Doc._count += 1
         self.client = client
-        self.uri = (REPO / "tests" / f"scratch_{Doc._count}{suffix}").as_uri()
+        self.uri = (path or REPO / "tests" / f"scratch_{Doc._count}{suffix}").as_uri()
         self.text = text
         self.version = 1
         client.text_document_did_open(

@@ -5,11 +5,13 @@ and applying that edit gives the promised text."""
 from __future__ import annotations
 
 import json
+from typing import Union
 
 import pytest
 import pytest_asyncio
 from lsprotocol import types
 from lsp_support import CLIENTS, Doc, session
+from pytest_lsp import client_capabilities
 from pygls.exceptions import JsonRpcException
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -112,3 +114,46 @@ async def test_resolving_after_an_edit_is_refused_not_applied_to_the_wrong_text(
     doc.edit(0, 0, "import math\n")
     with pytest.raises(JsonRpcException, match="changed"):
         await client.code_action_resolve_async(action)
+
+
+async def test_repair_json_adds_the_keys_a_local_schema_requires(client, tmp_path):
+    schema = {"type": "object", "required": ["name", "port"], "properties": {"port": {"type": "integer", "default": 8080}}}
+    (tmp_path / "config.schema.json").write_text(json.dumps(schema))
+    text = '{\n  "$schema": "config.schema.json",\n  "name": "web"\n}\n'
+    doc = Doc(client, text, "json", path=tmp_path / "config.json")
+    actions = titled(await actions_at(client, doc, 0), "Repair JSON")
+    assert len(actions) == 1
+    after = json.loads(doc.applied(await resolved_edits(client, doc, actions[0])))
+    assert after == {"$schema": "config.schema.json", "name": "web", "port": 8080}
+
+
+@pytest.mark.parametrize("client_name", ["neovim"])
+async def test_without_resolve_support_the_action_is_a_command_that_applies_its_edit(client_name, tiny_model_dir):
+    capabilities = client_capabilities(client_name)
+    capabilities.text_document.code_action.resolve_support = None
+    async with session(capabilities, model=tiny_model_dir) as client:
+        # lsprotocol's converter reads any object with a "command" key as a Command; a CodeAction's
+        # command is an object, a Command's is a string (as VS Code and Neovim tell them apart).
+        converter = client.protocol._converter
+        converter.register_structure_hook(
+            Union[types.Command, types.CodeAction],
+            lambda obj, _: converter.structure(obj, types.Command if isinstance(obj.get("command"), str) else types.CodeAction),
+        )
+        applied: list[types.ApplyWorkspaceEditParams] = []
+
+        @client.feature(types.WORKSPACE_APPLY_EDIT)
+        def apply_edit(params: types.ApplyWorkspaceEditParams) -> types.ApplyWorkspaceEditResult:
+            applied.append(params)
+            return types.ApplyWorkspaceEditResult(applied=True)
+
+        text = '{"a": [1, 2,], "b": True}'
+        doc = Doc(client, text, "json", ".json")
+        [action] = titled(await actions_at(client, doc, 0), "Repair JSON")
+        assert action.edit is None and action.data is None and action.command is not None
+        result = await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=action.command.command, arguments=action.command.arguments)
+        )
+        assert len(applied) == 1
+        edits = doc.edits_of(applied[0].edit)
+        assert json.loads(doc.applied(edits)) == {"a": [1, 2], "b": True}
+        assert [e["newText"] for e in result["edits"]] == [e.new_text for e in edits]
