@@ -1,20 +1,18 @@
 """The one thread that owns the Engine: it loads the model and runs every model call.
 
-The Engine is not thread-safe, so nothing else touches it. Callers get concurrent futures and
-pass a `should_stop` predicate that the engine polls every denoising step. Knows nothing
-about LSP or documents.
+The Engine is not thread-safe, so nothing else runs it (only its stateless tokenizer is shared,
+for counting tokens). Callers get concurrent futures and pass a `should_stop` predicate that
+the engine polls every denoising step. Knows nothing about LSP or documents.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from engine import Cancelled, Engine, EngineError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -81,9 +79,6 @@ class ModelWorker:
             return job(engine)
 
         return self._pool.submit(task)
-
-    def stop_requested(self) -> bool:
-        return self._closing.is_set()
 
     def close(self) -> None:
         self._closing.set()

@@ -107,3 +107,16 @@ async def test_a_fill_without_range_or_position_is_an_error(client):
     doc = Doc(client, CODE)
     with pytest.raises(JsonRpcException, match="range or a position"):
         await execute(client, "dgemma.fill", uri=doc.uri)
+
+
+async def test_malformed_requests_get_errors_and_the_server_keeps_answering(client):
+    with pytest.raises(JsonRpcException, match="takes one argument"):
+        await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dgemma.fill", arguments=["x", 1]))
+    with pytest.raises(JsonRpcException):
+        await client.code_action_resolve_async(types.CodeAction(title="Fill in the middle", data={"uri": 3}))
+    doc = Doc(client, CODE)
+    with pytest.raises(JsonRpcException, match="bad range"):
+        await execute(client, "dgemma.fill", uri=doc.uri, range={"start": "nowhere"})
+    cursor = CODE.index("the \n") + len("the ")
+    result = await execute(client, "dgemma.fill", uri=doc.uri, position={"line": 1, "character": doc.position(cursor).character})
+    assert result["edits"]
