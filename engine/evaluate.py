@@ -1,0 +1,365 @@
+"""Infilling evaluation: fill HumanEval-infilling tasks, run the programs, report pass@1.
+
+Owns task reading, the fixed post-processing applied to every model's middles, the sandboxed
+runner (one subprocess per program: isolated interpreter, throwaway cwd, no proxy settings,
+bounded memory/CPU/file size, wall-clock timeout) and exact match on held-out corpus holes.
+Reads the benchmark files where they lie (../shared/benchmarks); never copies them.
+
+    dgemma eval-infilling --benchmark single-line --limit 100 --model runs/default/model
+    dgemma infill-batch --tasks tasks.jsonl.gz --out completions.jsonl
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import EngineError
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "shared/benchmarks/humaneval-infilling"
+BENCHMARKS = {
+    "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
+    "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
+    "random-span": "HumanEval-RandomSpanInfilling.jsonl.gz",
+    "random-span-light": "HumanEval-RandomSpanInfillingLight.jsonl.gz",
+}
+# task_id prefix -> how the hole is cut; decides the post-processing
+TASK_KINDS = {"SingleLineInfilling/": "single-line", "MultiLineInfilling/": "multi-line"}
+
+TIMEOUT_S = 5.0
+MEMORY_BYTES = 1 << 30
+MAX_OUTPUT_BYTES = 16 << 20
+WORKERS = 2
+
+
+# ---------------------------------------------------------------------------- tasks and middles
+
+def read_tasks(path: str | Path) -> list[dict]:
+    """HumanEval-infilling layout (task_id, prompt = prefix, suffix, ...), .jsonl or .jsonl.gz."""
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: no such tasks file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    tasks = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                task = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EngineError(f"{path}:{n}: not JSON ({e})") from None
+            missing = {"task_id", "prompt", "suffix"} - task.keys()
+            if missing:
+                raise EngineError(f"{path}:{n}: missing {', '.join(sorted(missing))}")
+            tasks.append(task)
+    return tasks
+
+
+def stride_subset(tasks: list, limit: int | None) -> list:
+    """`limit` tasks at a fixed stride (task i * len // limit): spread over every problem,
+    where the first N would cover only the first few HumanEval problems."""
+    if limit is None or limit >= len(tasks):
+        return list(tasks)
+    if limit < 1:
+        raise EngineError(f"--limit must be >= 1, got {limit}")
+    return [tasks[i * len(tasks) // limit] for i in range(limit)]
+
+
+def task_kind(task_id: str) -> str:
+    return next((kind for prefix, kind in TASK_KINDS.items() if task_id.startswith(prefix)), "span")
+
+
+def postprocess(middle: str, kind: str) -> str:
+    """The same light clean-up for every model. In line tasks the prefix ends at a line start and
+    the suffix starts at the next one, so a middle is whole lines ending in a newline:
+    single-line keeps the first line (+ "\\n"), multi-line gets a missing final "\\n".
+    Random spans cut anywhere and are left as they are. An empty middle stays empty."""
+    if not middle or kind == "span":
+        return middle
+    if kind == "single-line":
+        return middle.split("\n", 1)[0] + "\n"
+    return middle if middle.endswith("\n") else middle + "\n"
+
+
+@dataclass
+class Filled:
+    task_id: str
+    completion: str  # post-processed
+    raw: str  # the engine's best middle
+    tokens: int
+    tokens_per_forward: float
+    ms: float
+
+
+def fill(engine, tasks: list[dict], *, steps: int | None, max_middle_tokens: int, kind: str | None = None,
+         label: str = "infill") -> Iterator[Filled]:
+    """Best middle per task, post-processed as `kind` (default: from the task id); progress
+    (n/N, ms/task) on stderr."""
+    total, spent = len(tasks), 0.0
+    every = 1 if sys.stderr.isatty() else max(1, total // 20)
+    for n, task in enumerate(tasks, 1):
+        t0 = time.perf_counter()
+        try:
+            best = engine.infill(task["prompt"], task["suffix"], max_middle_tokens=max_middle_tokens, steps=steps)[0]
+            raw, tokens, tpf = best.text, best.tokens, best.tokens_per_forward
+        except EngineError as e:  # one bad task must not sink a long run; it scores as empty
+            print(f"\n{label}: {task['task_id']}: {e}", file=sys.stderr)
+            raw, tokens, tpf = "", 0, 0.0
+        ms = (time.perf_counter() - t0) * 1000
+        spent += ms
+        yield Filled(task["task_id"], postprocess(raw, kind or task_kind(task["task_id"])), raw, tokens, tpf, ms)
+        if n % every == 0 or n == total:
+            end = "\r" if sys.stderr.isatty() and n < total else "\n"
+            sys.stderr.write(f"{label} {n}/{total}  {ms:.0f} ms/task (mean {spent / n:.0f}){end}")
+            sys.stderr.flush()
+
+
+def infill_batch(engine, tasks_path, out_path, *, steps: int | None = None, max_middle_tokens: int = 48) -> int:
+    """Write one {"task_id", "completion"} line per task, in task order, flushed as it goes."""
+    tasks = read_tasks(tasks_path)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as out:
+        for filled in fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens):
+            out.write(json.dumps({"task_id": filled.task_id, "completion": filled.completion}) + "\n")
+            out.flush()
+    return len(tasks)
+
+
+# ------------------------------------------------------------------------------------- running
+
+def program(task: dict, completion: str) -> str:
+    return (task["prompt"] + completion + task["suffix"] + "\n" + task["test"]
+            + f"\ncheck({task['entry_point']})\n")
+
+
+@dataclass
+class Outcome:
+    status: str  # "passed" | "failed" | "timeout"
+    detail: str = ""  # last line of stderr when the program failed
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def _sandbox_env(home: str) -> dict[str, str]:
+    """A fresh environment: no proxy variables (so no way out through one), no PYTHON* paths."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "TMPDIR": home,
+            "LANG": "C.UTF-8", "no_proxy": "*", "NO_PROXY": "*", "OMP_NUM_THREADS": "1"}
+
+
+def _limits(timeout: float, memory: int):
+    cpu = int(timeout) + 2
+
+    def apply():  # runs in the child between fork and exec
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_OUTPUT_BYTES, MAX_OUTPUT_BYTES))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return apply
+
+
+class _Run:
+    """One program in its own session, in a throwaway directory that goes away with it."""
+
+    def __init__(self, source: str, timeout: float, memory: int):
+        self.dir = tempfile.TemporaryDirectory(prefix="dgemma-eval-")
+        root = Path(self.dir.name)
+        (root / "program.py").write_text(source, encoding="utf-8")
+        self.stderr = open(root / "stderr", "w+b")
+        self.deadline = time.monotonic() + timeout
+        # no threads here, so preexec_fn is safe; start_new_session lets a timeout kill children too
+        self.proc = subprocess.Popen([sys.executable, "-I", "program.py"], cwd=root, env=_sandbox_env(str(root)),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     preexec_fn=_limits(timeout, memory), start_new_session=True)
+
+    def poll(self) -> Outcome | None:
+        code = self.proc.poll()
+        if code is None and time.monotonic() < self.deadline:
+            return None
+        if code is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            outcome = Outcome("timeout")
+        else:
+            self.stderr.seek(0)
+            lines = self.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            outcome = Outcome("passed") if code == 0 else Outcome("failed", lines[-1] if lines else f"exit {code}")
+            try:  # a program that forked and exited must not leave its children behind
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stderr.close()
+        self.dir.cleanup()
+        return outcome
+
+
+def run_programs(sources: list[str], *, workers: int = WORKERS, timeout: float = TIMEOUT_S,
+                 memory: int = MEMORY_BYTES) -> list[Outcome]:
+    """Run each program in its own sandboxed subprocess, at most `workers` at a time."""
+    outcomes: list[Outcome | None] = [None] * len(sources)
+    pending = list(enumerate(sources))[::-1]
+    running: dict[int, _Run] = {}
+    while pending or running:
+        while pending and len(running) < workers:
+            i, source = pending.pop()
+            running[i] = _Run(source, timeout, memory)
+        for i, run in list(running.items()):
+            outcome = run.poll()
+            if outcome is not None:
+                outcomes[i] = outcome
+                del running[i]
+        if running:
+            time.sleep(0.005)
+    return outcomes
+
+
+# ----------------------------------------------------------------------------- held-out holes
+
+def heldout_holes(corpus: str | Path, n: int, *, seed: int = 0, window: int = 1500,
+                  max_line_chars: int = 160) -> list[dict]:
+    """`n` single-line holes from held-out python files: documents in a seeded random order, one
+    seeded random non-blank line each (at most `max_line_chars`; longer lines would not fit a
+    hole), with up to `window` characters of prefix before it and suffix after it."""
+    from .corpus import iter_documents
+
+    docs = [d["text"] for d in iter_documents(str(corpus), "heldout") if d.get("language") == "python"]
+    rng = random.Random(seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    holes = []
+    for index in order:
+        if len(holes) == n:
+            break
+        lines = docs[index].splitlines(keepends=True)
+        starts = [0]
+        for line in lines:
+            starts.append(starts[-1] + len(line))
+        candidates = [i for i, line in enumerate(lines) if line.strip() and len(line) <= max_line_chars]
+        if not candidates:
+            continue
+        i = rng.choice(candidates)
+        text = docs[index]
+        holes.append({"task_id": f"heldout/{index}/L{i}", "prompt": text[max(0, starts[i] - window):starts[i]],
+                      "middle": lines[i], "suffix": text[starts[i + 1]:starts[i + 1] + window]})
+    return holes
+
+
+def eval_heldout(engine, n: int, *, steps: int | None, max_middle_tokens: int,
+                 corpus: str | Path = REPO / "data/corpus") -> dict:
+    """Exact match (trailing whitespace stripped) on single-line held-out holes."""
+    holes = heldout_holes(corpus, n)
+    hits, ms, tpf = 0, [], []
+    for hole, filled in zip(holes, fill(engine, holes, steps=steps, max_middle_tokens=max_middle_tokens,
+                                        kind="single-line", label="heldout")):
+        hits += filled.completion.rstrip() == hole["middle"].rstrip()
+        ms.append(filled.ms)
+        tpf.append(filled.tokens_per_forward)
+    return {"holes": len(holes), "exact_match": hits / max(len(holes), 1), **_speed(ms, tpf)}
+
+
+# ---------------------------------------------------------------------------------- reporting
+
+def _speed(ms: list[float], tpf: list[float]) -> dict:
+    if not ms:
+        return {"tokens_per_forward": None, "ms_p50": None, "ms_mean": None}
+    return {"tokens_per_forward": statistics.fmean(tpf), "ms_p50": statistics.median(ms),
+            "ms_mean": statistics.fmean(ms)}
+
+
+def _checkpoint_step(root: Path | None) -> int | None:
+    """The training step when the model sits in a run directory (runs/NAME/model)."""
+    state = root.parent / "train_state.json" if root is not None else None
+    if state is None or not state.is_file():
+        return None
+    try:
+        return json.loads(state.read_text()).get("step")
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def markdown(summary: dict) -> str:
+    rows = ["| benchmark | tasks | pass@1 | empty-completion pass@1 | timeouts | tokens/forward | ms/task p50 | ms/task mean |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {summary['benchmark']} | {summary['tasks']} | {summary['pass@1']:.3f} | "
+            f"{summary['baseline_pass@1']:.3f} | {summary['timeouts']} | {_fmt(summary['tokens_per_forward'], '.2f')} | "
+            f"{_fmt(summary['ms_p50'], '.0f')} | {_fmt(summary['ms_mean'], '.0f')} |"]
+    held = summary.get("heldout")
+    if held:
+        rows += ["", "| held-out corpus holes | holes | exact match | tokens/forward | ms/task p50 | ms/task mean |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: |",
+                 f"| single line, python | {held['holes']} | {held['exact_match']:.3f} | "
+                 f"{_fmt(held['tokens_per_forward'], '.2f')} | {_fmt(held['ms_p50'], '.0f')} | "
+                 f"{_fmt(held['ms_mean'], '.0f')} |"]
+    return "\n".join(rows)
+
+
+def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
+                   max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
+                   timeout: float = TIMEOUT_S) -> dict:
+    """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
+    the empty-completion baseline from the same run. Prints a Markdown table; writes the summary to
+    `out_json` (default runs/eval/<benchmark>[.baseline].json) with completions beside it."""
+    if benchmark not in BENCHMARKS:
+        raise EngineError(f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}")
+    path = Path(benchmarks_dir or BENCHMARKS_DIR) / BENCHMARKS[benchmark]
+    every_task = read_tasks(path)
+    tasks = stride_subset(every_task, limit)
+    if engine is None:
+        filled = [Filled(t["task_id"], "", "", 0, 0.0, 0.0) for t in tasks]
+    else:
+        filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens))
+    t0 = time.perf_counter()
+    sources = [program(t, f.completion) for t, f in zip(tasks, filled)]
+    if engine is not None:  # the empty-completion baseline, scored beside the model in the same run
+        sources += [program(t, "") for t in tasks]
+    outcomes = run_programs(sources, workers=workers, timeout=timeout)
+    model_outcomes, baseline_outcomes = outcomes[:len(tasks)], outcomes[-len(tasks):] if tasks else []
+    print(f"scored {len(outcomes)} programs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+    root = Path(engine.root) if engine is not None else None
+    summary = {
+        "benchmark": benchmark, "file": str(path), "model": str(root) if root else None,
+        "checkpoint_step": _checkpoint_step(root), "tasks": len(tasks), "limit": limit,
+        "subset": "all" if len(tasks) == len(every_task) else f"stride {len(every_task)}/{len(tasks)}",
+        "steps": steps if steps is not None else (engine.generation.max_denoising_steps if engine else None),
+        "max_middle_tokens": max_middle_tokens,
+        "pass@1": sum(o.passed for o in model_outcomes) / max(len(tasks), 1),
+        "baseline_pass@1": sum(o.passed for o in baseline_outcomes) / max(len(tasks), 1),
+        "timeouts": sum(o.status == "timeout" for o in model_outcomes),
+        **(_speed([f.ms for f in filled], [f.tokens_per_forward for f in filled]) if engine is not None
+           else _speed([], [])),
+        "heldout": None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if heldout and engine is not None:
+        summary["heldout"] = eval_heldout(engine, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens)
+    print(markdown(summary))
+
+    out_json = Path(out_json) if out_json else REPO / "runs/eval" / f"{benchmark}{'.baseline' if engine is None else ''}.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out_json.with_suffix(".completions.jsonl"), "w", encoding="utf-8") as f:
+        for fl, outcome in zip(filled, model_outcomes):
+            f.write(json.dumps({**asdict(fl), **asdict(outcome)}) + "\n")
+    print(f"summary: {out_json}", file=sys.stderr)
+    return summary

@@ -1,0 +1,134 @@
+"""The infilling evaluator on synthetic tasks: program scoring in a sandbox, batch infilling
+with a real tiny checkpoint, the fixed post-processing and the deterministic subset."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.api import Engine
+from engine.evaluate import (REPO, eval_infilling, infill_batch, postprocess, program, read_tasks,
+                             run_programs, stride_subset)
+from engine.tiny import write_tiny_checkpoint
+
+ADD = {"task_id": "SingleLineInfilling/Add/L0", "prompt": "def add(a, b):\n", "suffix": "",
+       "canonical_solution": "    return a + b\n", "entry_point": "add",
+       "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"}
+
+
+def run(completion: str, task: dict = ADD, **kw):
+    return run_programs([program(task, completion)], **kw)[0]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return Engine.load(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
+
+
+def write_tasks(path: Path, tasks: list[dict]) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for t in tasks:
+            f.write(json.dumps(t) + "\n")
+    return path
+
+
+def test_correct_completion_passes():
+    assert run("    return a + b\n").passed
+
+
+def test_wrong_completion_fails_with_the_error():
+    outcome = run("    return a - b\n")
+    assert outcome.status == "failed" and "AssertionError" in outcome.detail
+
+
+def test_syntax_error_fails():
+    assert run("    return a +\n").status == "failed"
+
+
+def test_infinite_loop_times_out_and_fails():
+    outcome = run("    while True:\n        pass\n", timeout=1.0)
+    assert outcome.status == "timeout" and not outcome.passed
+
+
+def test_program_runs_in_a_throwaway_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    writes = ("    import os\n    assert os.path.realpath(os.getcwd()) not in ({repo!r}, {here!r})\n"
+              "    open('canary.txt', 'w').write('x')\n    return a + b\n").format(repo=str(REPO.resolve()),
+                                                                             here=str(tmp_path.resolve()))
+    assert run(writes).passed
+    assert not (REPO / "canary.txt").exists() and not (tmp_path / "canary.txt").exists()
+
+
+def test_program_sees_no_proxy_settings(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("PYTHONPATH", "/nowhere")
+    checks = "    import os\n    assert not {'HTTPS_PROXY', 'PYTHONPATH'} & set(os.environ)\n    return a + b\n"
+    assert run(checks).passed
+
+
+def test_memory_is_bounded():
+    assert run("    x = bytearray(4 << 30)\n    return a + b\n").status == "failed"
+
+
+def test_outcomes_keep_task_order_with_parallel_workers():
+    completions = ["    return a + b\n", "    return 0\n"] * 3
+    assert [o.passed for o in run_programs([program(ADD, c) for c in completions], workers=2)] == [True, False] * 3
+
+
+@pytest.mark.parametrize("middle, kind, expected", [
+    ("    return a + b\n    print(1)\n", "single-line", "    return a + b\n"),
+    ("    return a + b", "single-line", "    return a + b\n"),
+    ("", "single-line", ""),
+    ("    x = 1\n    y = 2", "multi-line", "    x = 1\n    y = 2\n"),
+    ("    x = 1\n", "multi-line", "    x = 1\n"),
+    (" + b)\n    return", "span", " + b)\n    return"),
+])
+def test_postprocess(middle, kind, expected):
+    assert postprocess(middle, kind) == expected
+
+
+def test_stride_subset_is_deterministic_and_spread():
+    tasks = list(range(100))
+    assert stride_subset(tasks, 4) == [0, 25, 50, 75]
+    assert stride_subset(tasks, None) == tasks and stride_subset(tasks, 500) == tasks
+
+
+@pytest.mark.parametrize("name", ["tasks.jsonl", "tasks.jsonl.gz"])
+def test_infill_batch_writes_one_line_per_task_in_order(engine, tmp_path, name):
+    ids = ["SingleLineInfilling/B/L0", "MultiLineInfilling/A/L0_L1", "RandomSpanInfilling/C/0"]
+    tasks = write_tasks(tmp_path / name, [{**ADD, "task_id": i} for i in ids])
+    out = tmp_path / "out" / "completions.jsonl"
+    assert infill_batch(engine, tasks, out, steps=2, max_middle_tokens=4) == 3
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["task_id"] for x in lines] == ids
+    assert all(set(x) == {"task_id", "completion"} and isinstance(x["completion"], str) for x in lines)
+    assert lines[0]["completion"].count("\n") <= 1
+
+
+def test_read_tasks_names_the_bad_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(ADD) + "\n" + json.dumps({"task_id": "x"}) + "\n")
+    with pytest.raises(Exception, match=r"t.jsonl:2: missing prompt, suffix"):
+        read_tasks(path)
+
+
+def test_eval_infilling_reports_model_and_empty_baseline(engine, tmp_path):
+    """A benchmark folder of synthetic tasks: one the empty middle solves, one it cannot."""
+    trivial = {**ADD, "task_id": "SingleLineInfilling/Pass/L0", "prompt": "def add(a, b):\n    return a + b\n",
+               "suffix": ""}
+    write_tasks(tmp_path / "HumanEval-SingleLineInfilling.jsonl.gz", [ADD, trivial])
+    summary = eval_infilling(engine, "single-line", None, tmp_path, steps=2, max_middle_tokens=4,
+                             heldout=None, out_json=tmp_path / "eval.json")
+    assert summary["tasks"] == 2 and summary["baseline_pass@1"] == 0.5
+    assert 0.0 <= summary["pass@1"] <= 1.0 and summary["tokens_per_forward"] is not None
+    assert json.loads((tmp_path / "eval.json").read_text())["tasks"] == 2
+    assert len((tmp_path / "eval.completions.jsonl").read_text().splitlines()) == 2
+    baseline = eval_infilling(None, "single-line", 1, tmp_path, steps=None, max_middle_tokens=4, heldout=None,
+                              out_json=tmp_path / "baseline.json")
+    assert baseline["tasks"] == 1 and baseline["pass@1"] == baseline["baseline_pass@1"] == 0.0
+    assert os.path.exists(tmp_path / "baseline.json")
