@@ -10,7 +10,11 @@ import bisect
 import logging
 import re
 
+from typing import Any, Callable, TypeVar
+
 from dgemma_ls import syntax
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,18 @@ class Document:
         self.tree: syntax.SyntaxTree | None = None
         self.skip_reason: str | None = None
         self.tree_error: str | None = None
+        self._memo: dict[Any, Any] = {}
         self._rebuild_tree()
 
     @property
     def text(self) -> str:
         return self._text
+
+    def memo(self, key: Any, compute: Callable[[], T]) -> T:
+        """compute() once per version of the text: code actions are asked for on every cursor move."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def model_block_reason(self) -> str | None:
         """Why no model call can be made on this document now, or None."""
@@ -81,6 +92,7 @@ class Document:
         self._text = text
         self.version = version
         self._line_starts = None
+        self._memo.clear()
         self._rebuild_tree()
 
     def apply_change(self, start: tuple[int, int], end: tuple[int, int], new_text: str) -> None:
@@ -89,6 +101,7 @@ class Document:
         end_offset = max(start_offset, self.offset_at(*end))
         self._text = self._text[:start_offset] + new_text + self._text[end_offset:]
         self._line_starts = None
+        self._memo.clear()
         if self.tree is not None and skip_reason(self._text) is None:
             try:
                 self.tree.apply_edit(start_offset, end_offset, new_text)

@@ -240,12 +240,10 @@ def json_schema(text: str, uri: str) -> dict | None:
         return None
 
 
-def tables_needing_repair(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Spans of the Markdown tables touching [start, end] that deterministic repair changes."""
+def tables_needing_repair(text: str) -> list[tuple[int, int]]:
+    """Spans of the Markdown tables that deterministic repair changes."""
     spans = []
     for table in repair_markdown.find_tables(text):
-        if table.end < start or table.start > end:
-            continue
         source = text[table.start : table.end]
         if repair_markdown.repair_table(source, None) != source:
             spans.append((table.start, table.end))

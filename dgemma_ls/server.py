@@ -53,7 +53,7 @@ class Ticket:
 
     def should_stop(self) -> bool:  # polled from the worker thread every denoising step
         doc = self.server.documents.get(self.uri)
-        return self.cancelled or doc is None or doc.version != self.version
+        return self.cancelled or doc is None or doc.version != self.version or self.server.worker.closing
 
 
 @dataclass
@@ -380,6 +380,8 @@ class DgemmaServer(LanguageServer):
                 data.update(start=hole.start, end=hole.end, scope=hole.scope)
             actions.append(types.CodeAction(title=title, kind=kind, data=data))
 
+        if not self.settings.language_enabled(doc.language_id) and not self.settings.language_enabled(doc.language):
+            return None
         if self.block_reason(doc) is None and wanted(types.CodeActionKind.RefactorRewrite):
             for target in placeholders.find_fill_targets(doc.tree, start, end):
                 if target.kind == "selection":
@@ -390,12 +392,15 @@ class DgemmaServer(LanguageServer):
                     title = f"Fill in the middle ({target.kind.replace('_', ' ')}, line {doc.position_at(target.start)[0] + 1})"
                 offer(title, types.CodeActionKind.RefactorRewrite, FILL, infill.Hole(target.start, target.end, target.scope))
         if wanted(types.CodeActionKind.QuickFix):
-            if doc.language == "json" and infill.json_needs_repair(doc.tree, infill.json_schema(doc.text, doc.uri)):
-                offer("Repair JSON", types.CodeActionKind.QuickFix, REPAIR_JSON, None)
+            if doc.language == "json":
+                schema = infill.json_schema(doc.text, doc.uri)
+                if doc.memo(("json", id(schema)), lambda: infill.json_needs_repair(doc.tree, schema)):
+                    offer("Repair JSON", types.CodeActionKind.QuickFix, REPAIR_JSON, None)
             if doc.language == "markdown":
-                for table_start, table_end in infill.tables_needing_repair(doc.text, start, end):
-                    title = f"Repair Markdown table (line {doc.position_at(table_start)[0] + 1})"
-                    offer(title, types.CodeActionKind.QuickFix, REPAIR_MARKDOWN, infill.Hole(table_start, table_end))
+                for table_start, table_end in doc.memo("tables", lambda: infill.tables_needing_repair(doc.text)):
+                    if table_end >= start and table_start <= end:
+                        title = f"Repair Markdown table (line {doc.position_at(table_start)[0] + 1})"
+                        offer(title, types.CodeActionKind.QuickFix, REPAIR_MARKDOWN, infill.Hole(table_start, table_end))
         if not self._supports("text_document.code_action.resolve_support"):
             for action in actions:  # no lazy edits: the command computes and applies when chosen
                 arguments = [self._command_args(doc, action.data)]
@@ -520,11 +525,17 @@ class DgemmaServer(LanguageServer):
 def build_server(cli_model: str | None = None) -> DgemmaServer:
     server = DgemmaServer(cli_model)
 
+    async def completion(ls: DgemmaServer, params: types.CompletionParams):
+        return await ls.completion(params)
+
     @server.feature(types.INITIALIZE)
     def initialize(ls: DgemmaServer, params: types.InitializeParams) -> None:
         if params.trace is not None:
             ls.protocol.trace = params.trace
         ls.apply_settings(section_of(params.initialization_options), reload=False)
+        if getattr(params.capabilities.text_document, "inline_completion", None) is None:
+            # The fallback only for clients without ghost text: one model call per keystroke, not two.
+            server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())(completion)
 
     @server.feature(types.INITIALIZED)
     def initialized(ls: DgemmaServer, params: types.InitializedParams) -> None:
@@ -553,10 +564,6 @@ def build_server(cli_model: str | None = None) -> DgemmaServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: DgemmaServer, params: types.InlineCompletionParams):
         return await ls.inline_completion(params)
-
-    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
-    async def completion(ls: DgemmaServer, params: types.CompletionParams):
-        return await ls.completion(params)
 
     @server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION,

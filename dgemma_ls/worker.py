@@ -33,6 +33,10 @@ class ModelWorker:
     def ready(self) -> bool:
         return self.engine is not None
 
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     def load(self, path: str | None, device: str, dtype: str) -> Future[str]:
         """Replace the engine; resolves to its one-line description or raises EngineError."""
         self._load_generation += 1

@@ -46,7 +46,7 @@ async def session(client: str | types.ClientCapabilities, *, model: str | None, 
         client.traces.append(params.message)
 
     try:
-        await client.initialize_session(
+        client.initialize_result = await client.initialize_session(
             types.InitializeParams(
                 capabilities=capabilities,
                 initialization_options={"dgemma": dict(FAST if settings is None else settings)},

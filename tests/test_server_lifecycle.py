@@ -14,6 +14,7 @@ import pytest_asyncio
 from lsprotocol import types
 from lsp_support import CLIENTS, FAILED, FAST, READY, Doc, eventually, log_containing, server_env, session
 from pygls.exceptions import JsonRpcException
+from pytest_lsp import client_capabilities
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -161,3 +162,11 @@ async def test_tcp_transport_binds_loopback_and_speaks_lsp(tiny_model_dir):
     finally:
         server.kill()
         await server.wait()
+
+
+async def test_clients_with_inline_completion_are_not_offered_the_completion_fallback(tiny_model_dir):
+    capabilities = client_capabilities("visual_studio_code")
+    capabilities.text_document.inline_completion = types.InlineCompletionClientCapabilities()
+    async with session(capabilities, model=tiny_model_dir, wait=None) as client:
+        assert client.initialize_result.capabilities.completion_provider is None
+        assert client.initialize_result.capabilities.inline_completion_provider is not None
