@@ -17,10 +17,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tcp", action="store_true", help="listen for one client on a TCP port instead of stdio")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind with --tcp (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=2087, help="port for --tcp (default: 2087)")
-    parser.add_argument("--model", metavar="DIR", default=None,
-                        help="checkpoint directory (default: the embedded model); the dgemma.model setting overrides it")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="level of the log written to stderr (default: WARNING)")
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        default=None,
+        help="checkpoint directory (default: the embedded model); the dgemma.model setting overrides it",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of the log written to stderr (default: WARNING)",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser.parse_args(argv)
 
@@ -28,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # stdout carries the protocol on stdio: every log line goes to stderr
-    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.log_level != "DEBUG":
         logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import bisect
 import logging
 import re
-
 from typing import Any, Callable, TypeVar
 
 from dgemma_ls import syntax

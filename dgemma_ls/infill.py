@@ -66,8 +66,16 @@ def token_counter(engine) -> Callable[[str], int]:
     return lambda text: len(engine.tokenizer.encode(text))
 
 
-def build_context(engine, tree: SyntaxTree, cursor: int, settings: Settings, *, replace_end: int | None = None,
-                  scope: str | None = None, extra: Sequence[context.Snippet] = ()) -> context.FimContext:
+def build_context(
+    engine,
+    tree: SyntaxTree,
+    cursor: int,
+    settings: Settings,
+    *,
+    replace_end: int | None = None,
+    scope: str | None = None,
+    extra: Sequence[context.Snippet] = (),
+) -> context.FimContext:
     return context.build_context(
         tree,
         cursor,
@@ -80,8 +88,9 @@ def build_context(engine, tree: SyntaxTree, cursor: int, settings: Settings, *, 
     )
 
 
-def generate(engine, ctx, settings: Settings, num_candidates: int, should_stop: StopPredicate, usage: Usage,
-             seed: int = 0) -> list[str]:
+def generate(
+    engine, ctx, settings: Settings, num_candidates: int, should_stop: StopPredicate, usage: Usage, seed: int = 0
+) -> list[str]:
     """Raw middles for a context; raises engine.Cancelled when should_stop() turns true."""
     infills = engine.infill(
         ctx.prefix,
@@ -125,8 +134,9 @@ class Hole:
     scope: str | None = None
 
 
-def fill_hole(engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate,
-              usage: Usage) -> Edit | None:
+def fill_hole(
+    engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate, usage: Usage
+) -> Edit | None:
     """A model-written replacement for a hole, or None if no candidate survived.
 
     A candidate survives post-processing and must not leave the whole document with more
@@ -144,8 +154,9 @@ def fill_hole(engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_s
     return None
 
 
-def fill_holes(engine, text: str, language: str, holes: Sequence[Hole], settings: Settings,
-               should_stop: StopPredicate) -> Result:
+def fill_holes(
+    engine, text: str, language: str, holes: Sequence[Hole], settings: Settings, should_stop: StopPredicate
+) -> Result:
     """Fill each hole independently against the same text; edits are in document order."""
     tree = SyntaxTree(text, language)  # a private parse: the live tree belongs to the event loop
     result = Result([])
@@ -181,7 +192,9 @@ def _edits(old: str, new: str) -> list[Edit]:
     return [Edit(start, end, new_text) for start, end, new_text in minimal_edits(old, new)]
 
 
-def repair_json_text(engine, text: str, settings: Settings, should_stop: StopPredicate, schema: dict | None = None) -> Result:
+def repair_json_text(
+    engine, text: str, settings: Settings, should_stop: StopPredicate, schema: dict | None = None
+) -> Result:
     started = time.perf_counter()
     usage = Usage()
     repaired = repair_json.repair_json(text, fill=model_fill(engine, settings, should_stop, usage), schema=schema)
@@ -189,8 +202,9 @@ def repair_json_text(engine, text: str, settings: Settings, should_stop: StopPre
     return Result(_edits(text, repaired.text) if repaired.changed else [], usage)
 
 
-def repair_markdown_text(engine, text: str, start: int | None, end: int | None, settings: Settings,
-                         should_stop: StopPredicate) -> Result:
+def repair_markdown_text(
+    engine, text: str, start: int | None, end: int | None, settings: Settings, should_stop: StopPredicate
+) -> Result:
     started = time.perf_counter()
     usage = Usage()
     fill = model_fill(engine, settings, should_stop, usage)

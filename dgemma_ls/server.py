@@ -24,7 +24,7 @@ from dgemma_ls.documents import Document
 from dgemma_ls.settings import SECTION, Settings, parse_settings, section_of
 from dgemma_ls.syntax import SyntaxTree
 from dgemma_ls.worker import ModelUnavailable, ModelWorker
-from engine import Cancelled
+from engine import Cancelled, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ class Ticket:
 
 @dataclass
 class Completion:
-    """Texts that replace document[start:end] of one document version."""
+    """Texts that replace document[start:end] of the version the request was made for."""
 
-    version: int | None
     start: int
     end: int
     texts: list[str]
@@ -77,7 +76,6 @@ class DgemmaServer(LanguageServer):
         self.recent = context.RecentChunks()
         self._edited: dict[str, int] = {}  # uri -> offset of its last edit, not yet in `recent`
         self._automatic: dict[str, Ticket] = {}  # the newest automatic inline request per document
-        self._deferred_warnings: list[str] = []
         self._loads = 0
         self._load_task: asyncio.Task | None = None
         self._logged_reasons: dict[str, str] = {}
@@ -134,12 +132,16 @@ class DgemmaServer(LanguageServer):
                 log.warning("window/workDoneProgress/create failed: %s", error)
                 progress = False
 
-        def report(value: types.WorkDoneProgressBegin | types.WorkDoneProgressReport | types.WorkDoneProgressEnd) -> None:
+        def report(
+            value: types.WorkDoneProgressBegin | types.WorkDoneProgressReport | types.WorkDoneProgressEnd,
+        ) -> None:
             if progress:
                 self.progress(types.ProgressParams(token=token, value=value))
 
         report(types.WorkDoneProgressBegin(title="dgemma: loading model", message=what, percentage=0))
-        self.log_to_client(types.MessageType.Info, f"dgemma: loading {what} ({self.settings.device}, {self.settings.dtype})")
+        self.log_to_client(
+            types.MessageType.Info, f"dgemma: loading {what} ({self.settings.device}, {self.settings.dtype})"
+        )
         try:
             description = await asyncio.wrap_future(self.worker.load(path, self.settings.device, self.settings.dtype))
         except Cancelled:
@@ -160,7 +162,9 @@ class DgemmaServer(LanguageServer):
         """One tiny infill so the first real request does not pay for lazy initialisation."""
         settings = self.settings
         job = self.worker.run(
-            lambda engine: engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=4, steps=settings.steps),
+            lambda engine: engine.infill(
+                "def add(a, b):\n    return ", "\n", max_middle_tokens=4, steps=settings.steps
+            ),
             should_stop=lambda: False,
         )
         try:
@@ -269,8 +273,15 @@ class DgemmaServer(LanguageServer):
 
     # -- completions ---------------------------------------------------------------------------
 
-    async def complete(self, doc: Document, offset: int, *, num_candidates: int, automatic: bool,
-                       selected: tuple[int, int, str] | None = None) -> Completion | None:
+    async def complete(
+        self,
+        doc: Document,
+        offset: int,
+        *,
+        num_candidates: int,
+        automatic: bool,
+        selected: tuple[int, int, str] | None = None,
+    ) -> Completion | None:
         """Candidates at offset of the current version, or None (stale, blocked, nothing valid)."""
         uri, version = doc.uri, doc.version
         if reason := self.block_reason(doc):
@@ -278,7 +289,7 @@ class DgemmaServer(LanguageServer):
             return None
         if selected is None and (hit := self.cache.lookup(uri, version, offset, doc.text, num_candidates)):
             self.trace(f"completion at {uri}:{offset} (version {version}) answered from the cache")
-            return Completion(version, offset, offset, list(hit.candidates))
+            return Completion(offset, offset, list(hit.candidates))
         if automatic and self.settings.debounce_ms:
             await asyncio.sleep(self.settings.debounce_ms / 1000)
             if self.documents.get(uri) is not doc or doc.version != version:
@@ -308,12 +319,23 @@ class DgemmaServer(LanguageServer):
         except (Cancelled, ModelUnavailable) as reason:
             log.debug("completion at %s:%d dropped: %s", uri, offset, reason)
             return None
+        except EngineError as error:  # e.g. settings this checkpoint refuses: say so once, stay quiet
+            self.log_reason_once(uri, f"the engine refused the request: {error}")
+            return None
         if ticket.should_stop():  # a newer version arrived while the model ran: never send stale text
             return None
-        log.debug("completion %s v%s@%d: %d candidates, %d steps, %.0f ms", uri, version, offset, len(texts), usage.steps, usage.ms)
+        log.debug(
+            "completion %s v%s@%d: %d candidates, %d steps, %.0f ms",
+            uri,
+            version,
+            offset,
+            len(texts),
+            usage.steps,
+            usage.ms,
+        )
         if selected is None:
             self.cache.put(uri, infill.Shown(version, offset, doc.text, tuple(texts), num_candidates))
-        return Completion(version, start, end, [head + text for text in texts]) if texts else None
+        return Completion(start, end, [head + text for text in texts]) if texts else None
 
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         doc = self.documents.get(params.text_document.uri)
@@ -330,7 +352,9 @@ class DgemmaServer(LanguageServer):
         if completion is None:
             return None
         span = self.lsp_range(doc, completion.start, completion.end)
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=text, range=span) for text in completion.texts])
+        return types.InlineCompletionList(
+            items=[types.InlineCompletionItem(insert_text=text, range=span) for text in completion.texts]
+        )
 
     async def completion(self, params: types.CompletionParams) -> types.CompletionList | None:
         doc = self.documents.get(params.text_document.uri)
@@ -389,8 +413,14 @@ class DgemmaServer(LanguageServer):
                 elif target.hint:
                     title = f"Fill in the middle: {target.hint}"
                 else:
-                    title = f"Fill in the middle ({target.kind.replace('_', ' ')}, line {doc.position_at(target.start)[0] + 1})"
-                offer(title, types.CodeActionKind.RefactorRewrite, FILL, infill.Hole(target.start, target.end, target.scope))
+                    row = doc.position_at(target.start)[0] + 1
+                    title = f"Fill in the middle ({target.kind.replace('_', ' ')}, line {row})"
+                offer(
+                    title,
+                    types.CodeActionKind.RefactorRewrite,
+                    FILL,
+                    infill.Hole(target.start, target.end, target.scope),
+                )
         if wanted(types.CodeActionKind.QuickFix):
             if doc.language == "json":
                 schema = infill.json_schema(doc.text, doc.uri)
@@ -400,7 +430,9 @@ class DgemmaServer(LanguageServer):
                 for table_start, table_end in doc.memo("tables", lambda: infill.tables_needing_repair(doc.text)):
                     if table_end >= start and table_start <= end:
                         title = f"Repair Markdown table (line {doc.position_at(table_start)[0] + 1})"
-                        offer(title, types.CodeActionKind.QuickFix, REPAIR_MARKDOWN, infill.Hole(table_start, table_end))
+                        offer(
+                            title, types.CodeActionKind.QuickFix, REPAIR_MARKDOWN, infill.Hole(table_start, table_end)
+                        )
         if not self._supports("text_document.code_action.resolve_support"):
             for action in actions:  # no lazy edits: the command computes and applies when chosen
                 arguments = [self._command_args(doc, action.data)]
@@ -439,22 +471,41 @@ class DgemmaServer(LanguageServer):
                 raise RequestFailed(f"dgemma: cannot fill: {reason}")
             if hole is None:
                 raise JsonRpcInvalidParams("dgemma: a fill needs a range or a position")
-            job = functools.partial(infill.fill_holes, text=text, language=language, holes=[hole], settings=settings,
-                                    should_stop=ticket.should_stop)
+            job = functools.partial(
+                infill.fill_holes,
+                text=text,
+                language=language,
+                holes=[hole],
+                settings=settings,
+                should_stop=ticket.should_stop,
+            )
         elif action == REPAIR_JSON:
-            job = functools.partial(infill.repair_json_text, text=text, settings=settings, should_stop=ticket.should_stop,
-                                    schema=infill.json_schema(text, doc.uri))
+            job = functools.partial(
+                infill.repair_json_text,
+                text=text,
+                settings=settings,
+                should_stop=ticket.should_stop,
+                schema=infill.json_schema(text, doc.uri),
+            )
         elif action == REPAIR_MARKDOWN:
             start, end = (hole.start, hole.end) if hole else (None, None)
-            job = functools.partial(infill.repair_markdown_text, text=text, start=start, end=end, settings=settings,
-                                    should_stop=ticket.should_stop)
+            job = functools.partial(
+                infill.repair_markdown_text,
+                text=text,
+                start=start,
+                end=end,
+                settings=settings,
+                should_stop=ticket.should_stop,
+            )
         else:
             raise JsonRpcInvalidParams(f"dgemma: unknown action {action!r}")
         try:  # the repairs work without a model too, only less well
-            result = await self.run_model(ticket, job, f"{action} on {doc.uri} (version {doc.version})", needs_engine=action == FILL)
+            result = await self.run_model(
+                ticket, job, f"{action} on {doc.uri} (version {doc.version})", needs_engine=action == FILL
+            )
         except Cancelled:
             result = None
-        except ModelUnavailable as reason:
+        except (ModelUnavailable, EngineError) as reason:
             raise RequestFailed(f"dgemma: {reason}") from None
         if result is None or ticket.should_stop():
             raise JsonRpcContentModified(f"dgemma: {doc.uri} changed while computing {action}; nothing was applied")
@@ -507,7 +558,9 @@ class DgemmaServer(LanguageServer):
         text_edits = [types.TextEdit(range=self.lsp_range(doc, e.start, e.end), new_text=e.new_text) for e in edits]
         if self._supports("workspace.workspace_edit.document_changes"):
             identifier = types.OptionalVersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version)
-            return types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(text_document=identifier, edits=text_edits)])
+            return types.WorkspaceEdit(
+                document_changes=[types.TextDocumentEdit(text_document=identifier, edits=text_edits)]
+            )
         return types.WorkspaceEdit(changes={doc.uri: text_edits})
 
     async def configuration_changed(self, params: types.DidChangeConfigurationParams) -> None:
@@ -568,7 +621,8 @@ def build_server(cli_model: str | None = None) -> DgemmaServer:
     @server.feature(
         types.TEXT_DOCUMENT_CODE_ACTION,
         types.CodeActionOptions(
-            code_action_kinds=[types.CodeActionKind.RefactorRewrite, types.CodeActionKind.QuickFix], resolve_provider=True
+            code_action_kinds=[types.CodeActionKind.RefactorRewrite, types.CodeActionKind.QuickFix],
+            resolve_provider=True,
         ),
     )
     def code_action(ls: DgemmaServer, params: types.CodeActionParams):

@@ -132,4 +132,3 @@ def parse_settings(raw: Any) -> tuple[Settings, list[str]]:
             default = getattr(defaults, name)
             warnings.append(f"{SECTION}.{key}: {reason}, got {value!r}; using the default ({default!r})")
     return dataclasses.replace(defaults, **values), warnings
-

@@ -66,8 +66,9 @@ class ModelWorker:
 
         return self._pool.submit(task)
 
-    def run(self, job: Callable[[Engine | None], T], should_stop: Callable[[], bool], *,
-            needs_engine: bool = True) -> Future[T]:
+    def run(
+        self, job: Callable[[Engine | None], T], should_stop: Callable[[], bool], *, needs_engine: bool = True
+    ) -> Future[T]:
         """Queue `job(engine)`; it is skipped (Cancelled) if `should_stop()` is already true.
 
         Without an engine the job fails with ModelUnavailable, unless `needs_engine` is False:

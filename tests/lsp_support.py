@@ -30,8 +30,15 @@ def server_env() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def session(client: str | types.ClientCapabilities, *, model: str | None, settings: dict | None = None, args: tuple[str, ...] = (),
-                  wait: str | None = READY, trace: bool = True):
+async def session(
+    client: str | types.ClientCapabilities,
+    *,
+    model: str | None,
+    settings: dict | None = None,
+    args: tuple[str, ...] = (),
+    wait: str | None = READY,
+    trace: bool = True,
+):
     """A client with an editor's capabilities (a pytest-lsp client name, or capabilities) speaking to a
     fresh server initialized with `settings` and, by default, with its model loaded."""
     command = [sys.executable, "-m", "dgemma_ls", "--log-level", "INFO", *args]
@@ -71,7 +78,9 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 30, what: st
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def log_containing(client: LanguageClient, needle: str, timeout: float = 30, after: int = 0) -> types.LogMessageParams:
+async def log_containing(
+    client: LanguageClient, needle: str, timeout: float = 30, after: int = 0
+) -> types.LogMessageParams:
     def find():
         for message in client.log_messages[after:]:
             if needle in message.message:
@@ -90,8 +99,14 @@ class Doc:
 
     _count = 0
 
-    def __init__(self, client: LanguageClient, text: str, language_id: str = "python", suffix: str = ".py",
-                 path: Path | None = None):
+    def __init__(
+        self,
+        client: LanguageClient,
+        text: str,
+        language_id: str = "python",
+        suffix: str = ".py",
+        path: Path | None = None,
+    ):
         Doc._count += 1
         self.client = client
         self.uri = (path or REPO / "tests" / f"scratch_{Doc._count}{suffix}").as_uri()
@@ -123,14 +138,17 @@ class Doc:
         self.version += 1
         self.client.text_document_did_change(
             types.DidChangeTextDocumentParams(
-                text_document=types.VersionedTextDocumentIdentifier(version=self.version, uri=self.uri), content_changes=[change]
+                text_document=types.VersionedTextDocumentIdentifier(version=self.version, uri=self.uri),
+                content_changes=[change],
             )
         )
 
     def applied(self, edits: list[types.TextEdit]) -> str:
         """The text with `edits` (non-overlapping, against this version) applied."""
         text = self.text
-        for start, end, new_text in sorted(((self.offset(e.range.start), self.offset(e.range.end), e.new_text) for e in edits), reverse=True):
+        for start, end, new_text in sorted(
+            ((self.offset(e.range.start), self.offset(e.range.end), e.new_text) for e in edits), reverse=True
+        ):
             text = text[:start] + new_text + text[end:]
         return text
 

@@ -33,8 +33,20 @@ def nvim_binary() -> str | None:
 
 def nvim_has_inline_completion(nvim: str) -> bool:
     probe = subprocess.run(
-        [nvim, "--headless", "--clean", "-u", "NONE", "-c", "lua io.stdout:write(tostring(vim.lsp.inline_completion ~= nil))", "-c", "qa!"],
-        capture_output=True, text=True, timeout=30,
+        [
+            nvim,
+            "--headless",
+            "--clean",
+            "-u",
+            "NONE",
+            "-c",
+            "lua io.stdout:write(tostring(vim.lsp.inline_completion ~= nil))",
+            "-c",
+            "qa!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     return "true" in probe.stdout
 
@@ -61,12 +73,28 @@ def test_neovim_accepts_an_inline_completion_and_applies_fill_in_the_middle(tiny
     env = {**os.environ, "DGEMMA_NVIM_JOB": json.dumps(job)}
     run = subprocess.run(
         # a Lua error while loading the driver must end nvim too, not leave it waiting
-        [nvim, "--headless", "--clean", "-u", "NONE", "-i", "NONE", "-c",
-         f"lua local ok, err = pcall(dofile, {json.dumps(str(DRIVER))}) if not ok then io.stderr:write(err) vim.cmd('cquit!') end"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        [
+            nvim,
+            "--headless",
+            "--clean",
+            "-u",
+            "NONE",
+            "-i",
+            "NONE",
+            "-c",
+            f"lua local ok, err = pcall(dofile, {json.dumps(str(DRIVER))})"
+            " if not ok then io.stderr:write(err) vim.cmd('cquit!') end",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     result_file = tmp_path / "result.json"
-    assert result_file.exists(), f"nvim exited {run.returncode} without a result:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
+    assert result_file.exists(), (
+        f"nvim exited {run.returncode} without a result:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
+    )
     report = json.loads(result_file.read_text())
     assert report.get("failure") is None, f"{report['failure']}\nserver log: {report['log']}"
 

@@ -9,10 +9,10 @@ from typing import Union
 
 import pytest
 import pytest_asyncio
-from lsprotocol import types
 from lsp_support import CLIENTS, Doc, session
-from pytest_lsp import client_capabilities
+from lsprotocol import types
 from pygls.exceptions import JsonRpcException
+from pytest_lsp import client_capabilities
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -117,7 +117,11 @@ async def test_resolving_after_an_edit_is_refused_not_applied_to_the_wrong_text(
 
 
 async def test_repair_json_adds_the_keys_a_local_schema_requires(client, tmp_path):
-    schema = {"type": "object", "required": ["name", "port"], "properties": {"port": {"type": "integer", "default": 8080}}}
+    schema = {
+        "type": "object",
+        "required": ["name", "port"],
+        "properties": {"port": {"type": "integer", "default": 8080}},
+    }
     (tmp_path / "config.schema.json").write_text(json.dumps(schema))
     text = '{\n  "$schema": "config.schema.json",\n  "name": "web"\n}\n'
     doc = Doc(client, text, "json", path=tmp_path / "config.json")
@@ -137,7 +141,9 @@ async def test_without_resolve_support_the_action_is_a_command_that_applies_its_
         converter = client.protocol._converter
         converter.register_structure_hook(
             Union[types.Command, types.CodeAction],
-            lambda obj, _: converter.structure(obj, types.Command if isinstance(obj.get("command"), str) else types.CodeAction),
+            lambda obj, _: converter.structure(
+                obj, types.Command if isinstance(obj.get("command"), str) else types.CodeAction
+            ),
         )
         applied: list[types.ApplyWorkspaceEditParams] = []
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import pytest_asyncio
-from lsprotocol import types
 from lsp_support import CLIENTS, Doc, session
+from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -24,7 +24,9 @@ async def client(request, tiny_model_dir):
 
 
 async def execute(client, command: str, **argument):
-    return await client.workspace_execute_command_async(types.ExecuteCommandParams(command=command, arguments=[argument]))
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command=command, arguments=[argument])
+    )
 
 
 def text_edits(result: dict) -> list[types.TextEdit]:
@@ -48,7 +50,9 @@ def check_shape(result: dict, version: int, model_calls: bool) -> None:
 async def test_fill_at_a_position_inserts_there(client):
     doc = Doc(client, CODE)
     cursor = CODE.index("the \n") + len("the ")
-    result = await execute(client, "dgemma.fill", uri=doc.uri, position={"line": 1, "character": doc.position(cursor).character}, version=1)
+    result = await execute(
+        client, "dgemma.fill", uri=doc.uri, position={"line": 1, "character": doc.position(cursor).character}, version=1
+    )
     check_shape(result, 1, model_calls=True)
     [edit] = text_edits(result)
     assert edit.range == doc.range(cursor, cursor) and edit.new_text.strip()
@@ -111,12 +115,16 @@ async def test_a_fill_without_range_or_position_is_an_error(client):
 
 async def test_malformed_requests_get_errors_and_the_server_keeps_answering(client):
     with pytest.raises(JsonRpcException, match="takes one argument"):
-        await client.workspace_execute_command_async(types.ExecuteCommandParams(command="dgemma.fill", arguments=["x", 1]))
+        await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command="dgemma.fill", arguments=["x", 1])
+        )
     with pytest.raises(JsonRpcException):
         await client.code_action_resolve_async(types.CodeAction(title="Fill in the middle", data={"uri": 3}))
     doc = Doc(client, CODE)
     with pytest.raises(JsonRpcException, match="bad range"):
         await execute(client, "dgemma.fill", uri=doc.uri, range={"start": "nowhere"})
     cursor = CODE.index("the \n") + len("the ")
-    result = await execute(client, "dgemma.fill", uri=doc.uri, position={"line": 1, "character": doc.position(cursor).character})
+    result = await execute(
+        client, "dgemma.fill", uri=doc.uri, position={"line": 1, "character": doc.position(cursor).character}
+    )
     assert result["edits"]

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 import pytest_asyncio
-from lsprotocol import types
 from lsp_support import CLIENTS, FAST, Doc, eventually, session
+from lsprotocol import types
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -24,8 +24,9 @@ async def client(request, tiny_model_dir):
         yield client
 
 
-def inline_params(doc: Doc, offset: int, kind: types.InlineCompletionTriggerKind,
-                  selected: types.SelectedCompletionInfo | None = None) -> types.InlineCompletionParams:
+def inline_params(
+    doc: Doc, offset: int, kind: types.InlineCompletionTriggerKind, selected: types.SelectedCompletionInfo | None = None
+) -> types.InlineCompletionParams:
     return types.InlineCompletionParams(
         context=types.InlineCompletionContext(trigger_kind=kind, selected_completion_info=selected),
         text_document=doc.identifier(),
@@ -113,7 +114,7 @@ async def test_completion_fallback_gives_one_text_edit_item(client):
     assert isinstance(edit, types.TextEdit)
     assert edit.range == doc.range(cursor - len("hei"), cursor)  # replaces the word being typed
     assert edit.new_text.startswith("hei") and len(edit.new_text) > len("hei")
-    assert doc.applied([edit]) == text[:cursor] + edit.new_text[len("hei"):] + text[cursor:]
+    assert doc.applied([edit]) == text[:cursor] + edit.new_text[len("hei") :] + text[cursor:]
 
 
 async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
@@ -124,7 +125,9 @@ async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
     )
     traces = len(client.traces)
     pending = asyncio.ensure_future(
-        client.text_document_inline_completion_async(inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked))
+        client.text_document_inline_completion_async(
+            inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked)
+        )
     )
     await eventually(lambda: any("model started" in t for t in client.traces[traces:]), what="the model to start")
     doc.edit(CURSOR, CURSOR, "x")

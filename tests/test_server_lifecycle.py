@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import pytest_asyncio
-from lsprotocol import types
 from lsp_support import CLIENTS, FAILED, FAST, READY, Doc, eventually, log_containing, server_env, session
+from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import client_capabilities
 
@@ -76,7 +76,9 @@ async def test_settings_are_pulled_when_the_notification_carries_none(client):
 
 async def test_a_dtype_change_reloads_the_model_with_progress(client):
     ready = len(client.log_messages)
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "float32"}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "float32"}})
+    )
     await log_containing(client, READY, timeout=120, after=ready)
     assert progress_kinds(client, "dgemma/load/2") == ["begin", "report", "end"]
     doc = Doc(client, CODE)
@@ -86,12 +88,16 @@ async def test_a_dtype_change_reloads_the_model_with_progress(client):
 
 async def test_disabled_languages_get_no_completion_and_a_logged_reason(client):
     client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "float32", "enabledLanguages": ["json"]}})
+        types.DidChangeConfigurationParams(
+            settings={"dgemma": {**FAST, "dtype": "float32", "enabledLanguages": ["json"]}}
+        )
     )
     doc = Doc(client, CODE)
     assert await client.text_document_inline_completion_async(automatic(doc, CURSOR)) is None
     await log_containing(client, "enabledLanguages")
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "float32"}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "float32"}})
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,7 +123,9 @@ async def test_a_failed_load_shows_the_error_and_the_server_still_answers(client
         await log_containing(client, "no model call")
         with pytest.raises(JsonRpcException, match="cannot fill"):
             await client.workspace_execute_command_async(
-                types.ExecuteCommandParams(command="dgemma.fill", arguments=[{"uri": doc.uri, "position": {"line": 1, "character": 4}}])
+                types.ExecuteCommandParams(
+                    command="dgemma.fill", arguments=[{"uri": doc.uri, "position": {"line": 1, "character": 4}}]
+                )
             )
         # the deterministic repairs do not need the model
         broken_json = Doc(client, "{'a': True,}", "json", ".json")
@@ -136,8 +144,16 @@ def free_port() -> int:
 async def test_tcp_transport_binds_loopback_and_speaks_lsp(tiny_model_dir):
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dgemma_ls", "--tcp", "--port", str(port), "--model", tiny_model_dir,
-        env=server_env(), stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "dgemma_ls",
+        "--tcp",
+        "--port",
+        str(port),
+        "--model",
+        tiny_model_dir,
+        env=server_env(),
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         for _ in range(200):
@@ -148,7 +164,9 @@ async def test_tcp_transport_binds_loopback_and_speaks_lsp(tiny_model_dir):
                 await asyncio.sleep(0.1)
         else:
             pytest.fail("the server never listened on 127.0.0.1")
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}, "processId": None}})
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}, "processId": None}}
+        )
         writer.write(f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
         await writer.drain()
         length = 0

@@ -10,9 +10,15 @@ from dgemma_ls.settings import Settings, parse_settings, section_of
     [
         (None, Settings()),
         ({}, Settings()),
-        ({"steps": 8, "entropyBound": 0.5, "maxMiddleTokens": 32}, Settings(steps=8, entropy_bound=0.5, max_middle_tokens=32)),
+        (
+            {"steps": 8, "entropyBound": 0.5, "maxMiddleTokens": 32},
+            Settings(steps=8, entropy_bound=0.5, max_middle_tokens=32),
+        ),
         ({"model": "/m", "device": "auto", "dtype": "bfloat16"}, Settings(model="/m", device="auto", dtype="bfloat16")),
-        ({"enabledLanguages": ["python", "json"], "debounceMs": 0}, Settings(enabled_languages=("python", "json"), debounce_ms=0)),
+        (
+            {"enabledLanguages": ["python", "json"], "debounceMs": 0},
+            Settings(enabled_languages=("python", "json"), debounce_ms=0),
+        ),
         ({"prefixTokens": 64.0, "suffixTokens": 0}, Settings(prefix_tokens=64, suffix_tokens=0)),
         ({"model": "", "steps": None}, Settings()),
     ],
