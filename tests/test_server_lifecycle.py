@@ -188,3 +188,9 @@ async def test_clients_with_inline_completion_are_not_offered_the_completion_fal
     async with session(capabilities, model=tiny_model_dir, wait=None) as client:
         assert client.initialize_result.capabilities.completion_provider is None
         assert client.initialize_result.capabilities.inline_completion_provider is not None
+
+
+async def test_invalid_initialization_options_warn_by_name(tiny_model_dir):
+    async with session("neovim", model=tiny_model_dir, settings={**FAST, "dtype": "int3"}, wait=None) as client:
+        warning = await warning_about(client, "dgemma.dtype")
+        assert "int3" in warning.message and "'auto'" in warning.message
