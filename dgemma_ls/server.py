@@ -301,6 +301,8 @@ class DgemmaServer(LanguageServer):
             self._automatic[uri] = ticket
 
         settings, engine = self.settings, self.worker.engine
+        if engine is None:  # a reload began during the debounce
+            return None
         if selected is None:
             tree, cursor, start, end, head = doc.tree, offset, offset, offset, ""
         else:
