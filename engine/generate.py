@@ -29,6 +29,7 @@ class Draft:
     step: int  # denoising steps taken so far on this canvas (1-based)
     max_steps: int
     argmax: torch.Tensor
+    canvas: torch.Tensor  # (B, C) the next step's input: accepted tokens, the rest renoised
     accepted: torch.Tensor  # (B, C) bool: positions accepted this step
 
 
@@ -86,7 +87,7 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
         sc_logits = processed.to(model.dtype)
         canvas, argmax = new_canvas, new_argmax
         if on_step is not None:
-            on_step(Draft(canvas_index, taken, N, argmax, accepted))
+            on_step(Draft(canvas_index, taken, N, argmax, canvas, accepted))
         if finished.all():
             break
     logprob = torch.log_softmax(processed.float(), -1).gather(-1, argmax[..., None])[..., 0]

@@ -302,8 +302,11 @@ class DiffusionGemma(nn.Module):
             ctx_k, ctx_v, mask = context.keys[i], context.values[i], context.masks[spec.sliding]
 
             def attend(q, k, v, ctx_k=ctx_k, ctx_v=ctx_v, mask=mask):
-                return F.scaled_dot_product_attention(q, torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2),
-                                                      attn_mask=mask, scale=1.0, enable_gqa=True)
+                keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
+                if mask is None and kernels.backend_for(q, keys) == "triton":
+                    return kernels.decoder_attention(q, keys, values, canvas_start=ctx_k.shape[2], window=None)
+                # on the CPU, SDPA computes the same as kernels.reference.decoder_attention, faster
+                return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=True)
 
             x = layer(x, *ropes[spec], attend, layer.decoder_scalar)
         return self.norm(x)
