@@ -232,45 +232,63 @@ def bench_reuse(engine: Engine, requests, count: int = 10) -> str:
          f"{statistics.median(typed):.0f}", f"{statistics.fmean(typed):.0f}"]])
 
 
-def bench_completion(model_dir: Path, n: int) -> str:
+def bench_completion(model_dir: Path, n: int, threads: int) -> str:
     engine = Engine.load(model_dir)
     requests = fim_requests(n)
-    rows = [bench_infill(engine, requests, None, 2), bench_infill(engine, requests, 8, 2),
-            bench_infill(engine, requests, 8, 1)]
+    other = 2 if threads == 1 else 1
+    rows = [bench_infill(engine, requests, None, threads), bench_infill(engine, requests, 8, threads),
+            bench_infill(engine, requests[:10], 8, other)]
     kinds = ", ".join(f"{sum(k == kind for *_, k in requests)} {kind}" for kind in ("mid-line", "end-of-line"))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        reuse = bench_reuse(engine, requests)
+    finally:
+        torch.set_num_threads(previous)
     return (f"### Inline completion ({engine.describe()}; {kinds}; max_middle_tokens {LINE_SCOPE_TOKENS})\n\n"
             + table(["steps", "torch threads", "requests", "ms p50", "ms p95", "ms mean", "decoder passes",
                      "tokens/forward"], rows)
-            + "\n\nPrompt-KV reuse (default steps, 2 threads):\n\n" + bench_reuse(engine, requests))
+            + f"\n\nPrompt-KV reuse (default steps, {threads} torch thread(s)):\n\n" + reuse)
 
 
 # ----------------------------------------------------------------------------------- 3. memory
 
 _MEASURE_LOAD = """
-import json, resource, sys
-import torch
+import json, resource, sys, tempfile
 from engine.api import Engine
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from engine.tiny import write_tiny_checkpoint
+
+Engine.load(write_tiny_checkpoint(tempfile.mkdtemp()))  # lazy imports and first-call buffers, not weights
+
+def status():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
+
+before = status()
 engine = Engine.load(sys.argv[1], dtype=sys.argv[2])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kb": base, "peak_kb": peak, "dtype": str(engine.model.dtype)}))
+print(json.dumps({"before": before, "after": status(), "dtype": str(engine.model.dtype),
+                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
 def bench_memory(model_dir: Path) -> str:
-    """Each load in a fresh process: ru_maxrss is a high-water mark."""
+    """Each load in a fresh process, after loading a tiny checkpoint (so lazy imports and
+    first-call buffers are not counted as the model's). ru_maxrss is a high-water mark that the
+    imports already set, so the growth is read from /proc/self/status: file-backed (mmap'd
+    safetensors pages, shared with the page cache) vs anonymous (copies)."""
     size = sum(f.stat().st_size for f in weight_files(model_dir))
     rows = []
-    for dtype in ("auto", "float32"):
+    for dtype in ("auto", "float32", "bfloat16"):
         out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(model_dir), dtype], cwd=REPO,
                              capture_output=True, text=True, check=True)
         m = json.loads(out.stdout.strip().splitlines()[-1])
-        delta = (m["peak_kb"] - m["base_kb"]) * 1024
-        rows.append([dtype, m["dtype"].removeprefix("torch."), f"{size / 1e6:.1f}", f"{m['base_kb'] / 1024:.0f}",
-                     f"{m['peak_kb'] / 1024:.0f}", f"{delta / 1e6:.1f}", f"{delta / size:.2f}"])
+        grow = {k: (m["after"][k] - m["before"][k]) / 1024 for k in m["after"]}
+        rows.append([dtype, m["dtype"].removeprefix("torch."), f"{size / 1e6:.1f}", f"{m['before']['VmRSS'] / 1024:.0f}",
+                     f"{grow['VmRSS']:.1f}", f"{grow['RssFile']:.1f}", f"{grow['RssAnon']:.1f}",
+                     f"{m['maxrss'] / 1024:.0f}"])
     return (f"### Memory ({model_dir})\n\n"
-            + table(["--dtype", "loaded as", "safetensors MB", "RSS before load MB", "peak RSS MB",
-                     "peak - before MB", "÷ file size"], rows))
+            + table(["--dtype", "loaded as", "safetensors MB", "RSS before load MB", "RSS growth MB",
+                     "of which file-backed MB", "of which anonymous MB", "ru_maxrss MB"], rows))
 
 
 def main(argv=None) -> int:
@@ -278,11 +296,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="checkpoint (default: runs/default/model, else embedded)")
     parser.add_argument("--reference", action="store_true", help="also time transformers' implementation")
     parser.add_argument("--requests", type=int, default=50, help="FIM requests for the latency table")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for 1 and 2 (2 also times 10 requests at the other count)")
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else default_model()
     t0 = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; benchmarking with {args.threads}\n")
+    torch.set_num_threads(args.threads)
     try:
         print(bench_parity(model_dir, args.reference) + "\n", flush=True)
     except ImportError as e:  # transformers builds the parity checkpoint: a test dependency
@@ -290,7 +311,7 @@ def main(argv=None) -> int:
     if model_dir is None:
         print("no trained checkpoint found (runs/default/model, engine/default_model): skipping 2 and 3")
         return 0
-    print(bench_completion(model_dir, args.requests) + "\n", flush=True)
+    print(bench_completion(model_dir, args.requests, args.threads) + "\n", flush=True)
     print(bench_memory(model_dir) + "\n")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
