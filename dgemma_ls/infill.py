@@ -21,8 +21,12 @@ from dgemma_ls.syntax import SyntaxTree
 from dgemma_ls.textedits import minimal_edits
 
 StopPredicate = Callable[[], bool]
-FILL_CANDIDATES = 3  # sampled together in one batch per round of an explicit fill
-FILL_ROUNDS = 3  # batches tried, each with a new seed, before a fill gives up
+# A round is one batch of candidates; when post-processing rejects all of them the next round
+# samples again with a new seed. Explicit requests (a fill, an Invoked completion) are worth
+# more rounds than the completion shown while the user types.
+AUTOMATIC_ROUNDS = 2
+EXPLICIT_ROUNDS = 3
+FILL_CANDIDATES = 3
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,24 @@ def accepted(middles: Sequence[str], ctx) -> list[str]:
     return out
 
 
+def sample(
+    engine,
+    ctx,
+    settings: Settings,
+    num_candidates: int,
+    rounds: int,
+    should_stop: StopPredicate,
+    usage: Usage,
+    keep: Callable[[str], bool] = lambda text: True,
+) -> list[str]:
+    """The accepted candidates that `keep` likes from the first of `rounds` seeded batches with any."""
+    for seed in range(rounds):
+        middles = generate(engine, ctx, settings, num_candidates, should_stop, usage, seed=seed)
+        if texts := [text for text in accepted(middles, ctx) if keep(text)]:
+            return texts
+    return []
+
+
 @dataclass(frozen=True)
 class Hole:
     """text[start:end] is to be replaced by a fill of the given scope (None: read from the syntax)."""
@@ -142,16 +164,16 @@ def fill_hole(
     A candidate survives post-processing and must not leave the whole document with more
     syntax errors than it has now (the post-processor judges windows around a hole whose
     removal may itself break the syntax, as removing `pass` does). An explicit fill is worth a
-    few batches: when every candidate of one is rejected, the next samples with a new seed."""
+    few rounds."""
     ctx = build_context(engine, tree, hole.start, settings, replace_end=hole.end, scope=hole.scope)
     baseline = tree.error_count()
-    for seed in range(FILL_ROUNDS):
-        middles = generate(engine, ctx, settings, FILL_CANDIDATES, should_stop, usage, seed=seed)
-        for final in accepted(middles, ctx):
-            filled = SyntaxTree(tree.text[: hole.start] + final + tree.text[hole.end :], tree.language)
-            if filled.error_count() <= baseline:
-                return Edit(hole.start, hole.end, final)
-    return None
+
+    def keeps_syntax(text: str) -> bool:
+        filled = SyntaxTree(tree.text[: hole.start] + text + tree.text[hole.end :], tree.language)
+        return filled.error_count() <= baseline
+
+    texts = sample(engine, ctx, settings, FILL_CANDIDATES, EXPLICIT_ROUNDS, should_stop, usage, keep=keeps_syntax)
+    return Edit(hole.start, hole.end, texts[0]) if texts else None
 
 
 def fill_holes(

@@ -312,9 +312,10 @@ class DgemmaServer(LanguageServer):
         ctx = infill.build_context(engine, tree, cursor, settings, extra=self.snippets_for(uri))
         usage = infill.Usage()
 
+        rounds = infill.AUTOMATIC_ROUNDS if automatic else infill.EXPLICIT_ROUNDS
+
         def job(engine) -> list[str]:  # finalize reads only ctx's windows, so it runs off the loop
-            middles = infill.generate(engine, ctx, settings, num_candidates, ticket.should_stop, usage)
-            return infill.accepted(middles, ctx)
+            return infill.sample(engine, ctx, settings, num_candidates, rounds, ticket.should_stop, usage)
 
         try:
             texts = await self.run_model(ticket, job, f"completion at {uri}:{offset} (version {version})")

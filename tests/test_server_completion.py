@@ -12,10 +12,17 @@ from lsprotocol import types
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-# The cursor sits in a comment: any single line is valid there, so a random-weight model's
-# text survives post-processing and the tests can check placement exactly.
+# A random-weight model writes byte soup. The cursor sits where almost any text is valid (a
+# Python comment, plain text), so its candidates survive post-processing and the tests can
+# check placement exactly; the syntax checks are exercised by the fill tests.
 CODE = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
 CURSOR = CODE.index("the \n") + len("the ")
+PROSE = "Shopping list for the weekend:\napples, pears and \nDone.\n"
+PROSE_CURSOR = PROSE.index("and \n") + len("and ")
+
+
+def prose(client) -> Doc:
+    return Doc(client, PROSE, "plaintext", ".txt")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=CLIENTS)
@@ -80,27 +87,27 @@ async def test_selected_completion_is_extended_over_its_range(client):
 
 
 async def test_typing_into_a_shown_completion_is_answered_from_the_cache(client):
-    doc = Doc(client, CODE)
+    doc = prose(client)
     first = await client.text_document_inline_completion_async(
-        inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Automatic)
+        inline_params(doc, PROSE_CURSOR, types.InlineCompletionTriggerKind.Automatic)
     )
     shown = first.items[0].insert_text
     if len(shown) < 2:
         pytest.skip(f"the model's completion {shown!r} is too short to type into")
     traces = len(client.traces)
-    doc.edit(CURSOR, CURSOR, shown[0])
+    doc.edit(PROSE_CURSOR, PROSE_CURSOR, shown[0])
     second = await client.text_document_inline_completion_async(
-        inline_params(doc, CURSOR + 1, types.InlineCompletionTriggerKind.Automatic)
+        inline_params(doc, PROSE_CURSOR + 1, types.InlineCompletionTriggerKind.Automatic)
     )
     assert [item.insert_text for item in second.items] == [shown[1:]]
-    assert second.items[0].range == doc.range(CURSOR + 1, CURSOR + 1)
+    assert second.items[0].range == doc.range(PROSE_CURSOR + 1, PROSE_CURSOR + 1)
     assert any("answered from the cache" in t for t in client.traces[traces:])
 
 
 async def test_completion_fallback_gives_one_text_edit_item(client):
-    text = "def area(width, height):\n    # multiply the width and the hei\n    return width * height\n"
-    doc = Doc(client, text)
-    cursor = text.index("hei\n") + len("hei")
+    text = "Shopping list for the weekend:\napples, pears and gra\nDone.\n"
+    doc = Doc(client, text, "plaintext", ".txt")
+    cursor = text.index("gra\n") + len("gra")
     result = await client.text_document_completion_async(
         types.CompletionParams(
             text_document=doc.identifier(),
@@ -112,13 +119,13 @@ async def test_completion_fallback_gives_one_text_edit_item(client):
     item = result.items[0]
     edit = item.text_edit
     assert isinstance(edit, types.TextEdit)
-    assert edit.range == doc.range(cursor - len("hei"), cursor)  # replaces the word being typed
-    assert edit.new_text.startswith("hei") and len(edit.new_text) > len("hei")
-    assert doc.applied([edit]) == text[:cursor] + edit.new_text[len("hei") :] + text[cursor:]
+    assert edit.range == doc.range(cursor - len("gra"), cursor)  # replaces the word being typed
+    assert edit.new_text.startswith("gra") and len(edit.new_text) > len("gra")
+    assert doc.applied([edit]) == text[:cursor] + edit.new_text[len("gra") :] + text[cursor:]
 
 
 async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
-    doc = Doc(client, CODE)
+    doc = prose(client)
     # Slow enough that the edit lands while the model is still denoising.
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 64}})
@@ -126,11 +133,11 @@ async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
     traces = len(client.traces)
     pending = asyncio.ensure_future(
         client.text_document_inline_completion_async(
-            inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked)
+            inline_params(doc, PROSE_CURSOR, types.InlineCompletionTriggerKind.Invoked)
         )
     )
     await eventually(lambda: any("model started" in t for t in client.traces[traces:]), what="the model to start")
-    doc.edit(CURSOR, CURSOR, "x")
+    doc.edit(PROSE_CURSOR, PROSE_CURSOR, "x")
     result = await pending
     assert result is None or result.items == []
     assert any("stopped" in t for t in client.traces[traces:])
@@ -138,12 +145,12 @@ async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
 
 
 async def test_cancel_request_stops_the_model_and_the_server_keeps_answering(client):
-    doc = Doc(client, CODE)
+    doc = prose(client)
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 64}})
     )
     traces = len(client.traces)
-    params = inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Invoked)
+    params = inline_params(doc, PROSE_CURSOR, types.InlineCompletionTriggerKind.Invoked)
     pending = asyncio.ensure_future(
         client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="cancel-me")
     )
@@ -157,6 +164,6 @@ async def test_cancel_request_stops_the_model_and_the_server_keeps_answering(cli
     await eventually(lambda: any("stopped" in t for t in client.traces[traces:]), what="the model to stop")
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
     again = await client.text_document_inline_completion_async(
-        inline_params(doc, CURSOR, types.InlineCompletionTriggerKind.Automatic)
+        inline_params(doc, PROSE_CURSOR, types.InlineCompletionTriggerKind.Automatic)
     )
     assert again is not None and len(again.items) == 1

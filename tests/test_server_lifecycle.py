@@ -20,6 +20,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CODE = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
 CURSOR = CODE.index("the \n") + len("the ")
+PROSE = "Shopping list for the weekend:\napples, pears and \nDone.\n"  # almost any text is valid here
+PROSE_CURSOR = PROSE.index("and \n") + len("and ")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=CLIENTS)
@@ -62,8 +64,8 @@ async def test_an_invalid_setting_warns_by_name_and_the_server_keeps_working(cli
     steps = await warning_about(client, "dgemma.steps")
     assert "default" in steps.message
     await warning_about(client, "dgemma.device")
-    doc = Doc(client, CODE)
-    result = await client.text_document_inline_completion_async(automatic(doc, CURSOR))
+    doc = Doc(client, PROSE, "plaintext", ".txt")
+    result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR))
     assert result is not None and len(result.items) == 1
 
 
@@ -81,8 +83,8 @@ async def test_a_dtype_change_reloads_the_model_with_progress(client):
     )
     await log_containing(client, READY, timeout=120, after=ready)
     assert progress_kinds(client, "dgemma/load/2") == ["begin", "report", "end"]
-    doc = Doc(client, CODE)
-    result = await client.text_document_inline_completion_async(automatic(doc, CURSOR))
+    doc = Doc(client, PROSE, "plaintext", ".txt")
+    result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR))
     assert result is not None and len(result.items) == 1
 
 
