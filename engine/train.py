@@ -56,6 +56,7 @@ class TrainConfig:
     short_canvas_prob: float = 0.5
     max_middle: int = 48
     self_cond_prob: float = 0.5
+    filler_weight: float = 0.2
     seed: int = 0
     checkpoint_minutes: float = 10.0
     max_minutes: float = 140.0
@@ -196,7 +197,7 @@ def _middle_length(row: torch.Tensor, s: int, tc: TrainConfig, delims: torch.Ten
             m = stops[j] - stops[i]
             if 1 <= m <= tc.max_middle:
                 return m
-    return max(1, min(tc.max_middle, int(rng.expovariate(1 / 12))))
+    return max(1, min(tc.max_middle, round(rng.expovariate(4 / tc.max_middle))))
 
 
 # ---- forward passes -----------------------------------------------------------------------------
@@ -267,8 +268,10 @@ def losses(model: DiffusionGemma, batch: Batch, tc: TrainConfig, self_condition:
             first = model.logits(run_decoder(model, batch.canvas, positions, enc_kv, masks, None))
             soft = model.soft_embedding(first.to(model.embed.weight.dtype)).detach()
     logits = model.logits(run_decoder(model, batch.canvas, positions, enc_kv, masks, soft))
-    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="none")
-    mask = batch.loss_mask.reshape(-1).float()
+    targets = batch.targets.reshape(-1)
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
+    # fillers are most of a long hole: at full weight the model learns to answer "filler" everywhere
+    mask = batch.loss_mask.reshape(-1).float() * torch.where(targets == FILLER, tc.filler_weight, 1.0)
     diffusion_loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
     return diffusion_loss, ar_loss
 
