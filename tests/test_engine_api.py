@@ -1,0 +1,148 @@
+"""The engine API on a tiny checkpoint: prompt-KV reuse, seeds, callbacks, cancellation, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine import Cancelled, Engine, EngineError
+from engine.cli import main as cli_main
+from engine.model import KVCache
+from engine.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ck")
+
+
+@pytest.fixture
+def engine(tiny):
+    return Engine.load(tiny)
+
+
+def decoder_logits(engine, cache):
+    canvas = torch.arange(10, 26)[None]
+    return engine.model.logits(engine.model.decode(canvas, engine.model.decoder_context(cache, 1), cache.length))
+
+
+def fresh_cache(engine, ids):
+    cache = KVCache(engine.config, 1, engine.model.dtype, "cpu")
+    engine.model.encode(torch.tensor([ids]), cache)
+    return cache
+
+
+def test_prompt_kv_reuse_gives_the_same_logits_as_a_fresh_encode(engine):
+    ids = engine.tokenizer.encode("def add(a, b):\n    return a + b\n")
+    engine.prefill(ids)
+    encoded = engine.encoded_tokens
+    typed = ids + engine.tokenizer.encode("x = add(1")
+    cache = engine.prefill(typed)  # keystrokes: only the new tokens are encoded
+    assert engine.encoded_tokens - encoded == len(typed) - len(ids)
+    torch.testing.assert_close(decoder_logits(engine, cache), decoder_logits(engine, fresh_cache(engine, typed)),
+                               atol=1e-5, rtol=0)
+
+
+def test_prompt_kv_reuse_after_an_edit_inside_the_prompt(engine):
+    a = engine.tokenizer.encode("import os\nprint(os.getcwd())\n")
+    b = a[:3] + engine.tokenizer.encode("sys\n") + a[3:]
+    engine.prefill(a)
+    before = engine.encoded_tokens
+    cache = engine.prefill(b)
+    assert engine.encoded_tokens - before == len(b) - 3  # re-encoded from the first changed token
+    torch.testing.assert_close(decoder_logits(engine, cache), decoder_logits(engine, fresh_cache(engine, b)),
+                               atol=1e-5, rtol=0)
+
+
+def test_prompt_kv_reuse_when_the_prompt_shrinks(engine):
+    ids = engine.tokenizer.encode("for i in range(10):\n    print(i)\n")
+    engine.prefill(ids)
+    before = engine.encoded_tokens
+    cache = engine.prefill(ids[:5])  # backspace: nothing to encode
+    assert engine.encoded_tokens == before and cache.length == 5
+    torch.testing.assert_close(decoder_logits(engine, cache), decoder_logits(engine, fresh_cache(engine, ids[:5])),
+                               atol=1e-5, rtol=0)
+
+
+def test_seed_reproducibility(engine):
+    a = engine.infill("x = ", "\n", seed=7, max_middle_tokens=8)
+    b = engine.infill("x = ", "\n", seed=7, max_middle_tokens=8)
+    assert [c.text for c in a] == [c.text for c in b]
+    g1 = engine.generate("import os\n", max_new_tokens=32, seed=3)
+    g2 = engine.generate("import os\n", max_new_tokens=32, seed=3)
+    assert g1.text == g2.text
+
+
+def test_max_tokens_respected(engine):
+    out = engine.generate("import os\n", max_new_tokens=40, seed=0)
+    canvases = -(-40 // engine.config.canvas_length)
+    assert len(out.steps) <= canvases and out.tokens <= canvases * engine.config.canvas_length
+
+
+def test_per_step_callback_sees_each_draft(engine):
+    drafts = []
+    engine.infill("def f():\n    return ", "\n", max_middle_tokens=8, steps=6, on_step=lambda s, t: drafts.append(s))
+    assert drafts == list(range(1, len(drafts) + 1)) and 1 <= len(drafts) <= 6
+
+
+def test_should_stop_cancels_generation(engine):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        engine.infill("a = ", "\n", steps=8, should_stop=stop)
+    assert len(calls) == 3
+
+
+def test_bad_arguments_are_clear_errors(engine):
+    with pytest.raises(EngineError, match="max_middle_tokens must be >= 1"):
+        engine.infill("a", "b", max_middle_tokens=0)
+    with pytest.raises(EngineError, match="max_denoising_steps must be a positive integer"):
+        engine.infill("a", "b", steps=0)
+    with pytest.raises(EngineError, match="entropy_bound must be > 0"):
+        engine.infill("a", "b", entropy_bound=-1.0)
+    with pytest.raises(EngineError, match="unknown infill mode"):
+        engine.infill("a", "b", mode="magic")
+
+
+def test_cli_generate_and_fill(tiny, tmp_path, capsys):
+    assert cli_main(["generate", "--model", str(tiny), "--prompt", "import os\n", "--max-new-tokens", "16"]) == 0
+    assert "tokens/forward" in capsys.readouterr().err
+    source = tmp_path / "a.py"
+    source.write_text("def add(a, b):\n    return \n")
+    assert cli_main(["fill", "--model", str(tiny), str(source), "--line", "2", "--col", "12", "--visual",
+                     "--visual-delay", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "step   1" in captured.err and "tokens/forward" in captured.err
+    assert source.read_text() == "def add(a, b):\n    return \n"  # fill prints, never edits
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--line", "9", "--col", "1"], "--line 9 is outside the file"),
+    (["--line", "1", "--col", "99"], "--col 99 is outside line 1"),
+])
+def test_cli_fill_rejects_bad_positions(tiny, tmp_path, capsys, args, message):
+    source = tmp_path / "a.py"
+    source.write_text("x = 1\n")
+    assert cli_main(["fill", "--model", str(tiny), str(source), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_fill_rejects_binary_files(tiny, tmp_path, capsys):
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\x01\x02" * 100)
+    assert cli_main(["fill", "--model", str(tiny), str(blob), "--line", "1", "--col", "1"]) == 2
+    assert "looks binary" in capsys.readouterr().err
+
+
+def test_cli_reports_a_broken_model_without_a_traceback(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "config.json" in run.stderr and "Traceback" not in run.stderr
