@@ -362,7 +362,8 @@ def train(tc: TrainConfig):
                      lr_at(step, tc), window_tokens / (now - window_t))
             window_tokens, window_t = 0, now
         elapsed = time.time() - t_start
-        if time.time() - last_save > tc.checkpoint_minutes * 60 or elapsed > tc.max_minutes * 60:
+        done = state["step"] >= tc.total_steps or elapsed > tc.max_minutes * 60
+        if time.time() - last_save > tc.checkpoint_minutes * 60 or done:
             state["doc_index"] = rows.doc_index
             state["seconds"] = state.get("seconds", 0.0) + (time.time() - last_save)
             save_state(out, model, optimizer, state, tc)
@@ -371,7 +372,7 @@ def train(tc: TrainConfig):
             tok_path.write_bytes(Path(tc.tokenizer).read_bytes())
             log.info("checkpoint at step %d (%.1fM tokens)", state["step"], state["tokens"] / 1e6)
             last_save = time.time()
-            if elapsed > tc.max_minutes * 60:
+            if done:
                 break
     return model
 
