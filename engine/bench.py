@@ -254,41 +254,46 @@ def bench_completion(model_dir: Path, n: int, threads: int) -> str:
 # ----------------------------------------------------------------------------------- 3. memory
 
 _MEASURE_LOAD = """
-import json, resource, sys, tempfile
+import json, resource, sys
 from engine.api import Engine
-from engine.tiny import write_tiny_checkpoint
 
-Engine.load(write_tiny_checkpoint(tempfile.mkdtemp()))  # lazy imports and first-call buffers, not weights
+Engine.load(sys.argv[3])  # a tiny checkpoint: lazy imports and first-call buffers, not weights
 
 def status():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return {k: int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
 
 before = status()
+maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 engine = Engine.load(sys.argv[1], dtype=sys.argv[2])
 print(json.dumps({"before": before, "after": status(), "dtype": str(engine.model.dtype),
-                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "maxrss_before": maxrss_before, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
 def bench_memory(model_dir: Path) -> str:
     """Each load in a fresh process, after loading a tiny checkpoint (so lazy imports and
-    first-call buffers are not counted as the model's). ru_maxrss is a high-water mark that the
-    imports already set, so the growth is read from /proc/self/status: file-backed (mmap'd
-    safetensors pages, shared with the page cache) vs anonymous (copies)."""
+    first-call buffers are not counted as the model's). Peak RSS (getrusage) before and after the
+    load, and the growth split from /proc/self/status: file-backed (mmap'd safetensors pages,
+    shared with the page cache) vs anonymous (copies)."""
+    from .tiny import write_tiny_checkpoint
+
     size = sum(f.stat().st_size for f in weight_files(model_dir))
     rows = []
-    for dtype in ("auto", "float32", "bfloat16"):
-        out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(model_dir), dtype], cwd=REPO,
-                             capture_output=True, text=True, check=True)
-        m = json.loads(out.stdout.strip().splitlines()[-1])
-        grow = {k: (m["after"][k] - m["before"][k]) / 1024 for k in m["after"]}
-        rows.append([dtype, m["dtype"].removeprefix("torch."), f"{size / 1e6:.1f}", f"{m['before']['VmRSS'] / 1024:.0f}",
-                     f"{grow['VmRSS']:.1f}", f"{grow['RssFile']:.1f}", f"{grow['RssAnon']:.1f}",
-                     f"{m['maxrss'] / 1024:.0f}"])
+    with tempfile.TemporaryDirectory(prefix="dgemma-bench-") as tiny:
+        write_tiny_checkpoint(tiny)
+        for dtype in ("auto", "float32", "bfloat16"):
+            out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(model_dir), dtype, tiny], cwd=REPO,
+                                 capture_output=True, text=True, check=True)
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            grow = {k: (m["after"][k] - m["before"][k]) / 1024 for k in m["after"]}
+            rows.append([dtype, m["dtype"].removeprefix("torch."), f"{size / 1e6:.1f}",
+                         f"{m['maxrss_before'] / 1024:.0f}", f"{m['maxrss'] / 1024:.0f}",
+                         f"{(m['maxrss'] - m['maxrss_before']) / 1024:.1f}", f"{grow['RssFile']:.1f}",
+                         f"{grow['RssAnon']:.1f}"])
     return (f"### Memory ({model_dir})\n\n"
-            + table(["--dtype", "loaded as", "safetensors MB", "RSS before load MB", "RSS growth MB",
-                     "of which file-backed MB", "of which anonymous MB", "ru_maxrss MB"], rows))
+            + table(["--dtype", "loaded as", "safetensors MB", "peak RSS before MB", "peak RSS after MB",
+                     "peak growth MB", "RSS growth file-backed MB", "RSS growth anonymous MB"], rows))
 
 
 def main(argv=None) -> int:
