@@ -186,7 +186,12 @@ class Engine:
             plans = [plan_canvas(pre, suf, n, bos=tok.bos_id, eos=eos, width=width, context=context_tokens,
                                  tail=tail) for n in lengths]
         rows = [p for p in plans for _ in range(num_candidates)]
-        cache = self.prefill(plans[0].prompt)
+        prompt = plans[0].prompt
+        limit = self.config.max_position_embeddings - max(len(p.canvas) for p in plans)
+        if len(prompt) > limit:  # keep bos and the most recent prefix tokens the model can place
+            keep = 1 if tok.bos_id is not None else 0
+            prompt = prompt[:keep] + prompt[len(prompt) - (limit - keep):]
+        cache = self.prefill(prompt)
         canvas_known, clamped = stack_plans(rows, tok.pad_id or 0, self.model.device)
         noise = self._noise(seed, exact)
         canvas = torch.where(clamped, canvas_known, noise.canvas(*canvas_known.shape, self.model.device))

@@ -146,3 +146,11 @@ def test_cli_reports_a_broken_model_without_a_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "config.json" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_prompts_beyond_the_model_positions_keep_the_most_recent_prefix(engine, monkeypatch):
+    monkeypatch.setattr(engine.config, "max_position_embeddings", 64)
+    prefix = "x = 1\n" * 200
+    result = engine.infill(prefix, "\n", max_middle_tokens=8)
+    assert result and len(engine._cached_ids) <= 64 - 8
+    assert engine._cached_ids[0] == engine.tokenizer.bos_id
