@@ -5,6 +5,7 @@
     dgemma infill-batch --tasks IN.jsonl --out OUT.jsonl [--model DIR]
     dgemma eval-infilling --benchmark single-line [--limit N] [--model DIR]
     dgemma train [--out runs/NAME ...]
+    dgemma export RUN DEST [--steps N]
 """
 
 from __future__ import annotations
@@ -77,15 +78,18 @@ def cmd_fill(args) -> int:
     prefix, suffix = text[:cursor], text[cursor:]
     on_step = None
     if args.visual:
+        tail, head = "".join(prefix.splitlines(keepends=True)[-4:]), "".join(suffix.splitlines(keepends=True)[:4])
+        tty = sys.stderr.isatty()
+
         def on_step(step, draft):
-            shown = draft.replace("\n", "⏎")[:100]
-            sys.stderr.write(f"\r\x1b[2Kstep {step:3d} │ {shown}")
+            # the canvas as text: known context dim, the draft middle highlighted, redrawn in place
+            if tty:
+                sys.stderr.write("\x1b[H\x1b[2J")
+            sys.stderr.write(f"step {step:3d}\n\x1b[2m{tail}\x1b[0m\x1b[7m{draft}\x1b[0m\x1b[2m{head}\x1b[0m\n")
             sys.stderr.flush()
             time.sleep(args.visual_delay)
     results = engine.infill(prefix, suffix, max_middle_tokens=args.max_middle_tokens, steps=args.steps,
                             seed=args.seed, mode=args.mode, on_step=on_step)
-    if args.visual:
-        sys.stderr.write("\n")
     best = results[0]
     sys.stdout.write(best.text + ("\n" if not best.text.endswith("\n") else ""))
     print(f"[{best.tokens} tokens, {best.steps} steps, {best.tokens_per_forward:.2f} tokens/forward, "
@@ -112,6 +116,18 @@ def cmd_eval(args) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        from .train import export_model
+
+        p = argparse.ArgumentParser(prog="dgemma export", description="a training run's checkpoint as a model dir")
+        p.add_argument("run")
+        p.add_argument("dest")
+        p.add_argument("--steps", type=int, default=None)
+        p.add_argument("--entropy-bound", type=float, default=None)
+        a = p.parse_args(argv[1:])
+        state = export_model(a.run, a.dest, steps=a.steps, entropy_bound=a.entropy_bound)
+        print(f"exported step {state['step']} ({state['tokens'] / 1e6:.1f}M tokens) to {a.dest}")
+        return 0
     if argv[:1] == ["train"]:
         from .train import main as train_main
 

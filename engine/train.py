@@ -81,7 +81,7 @@ def model_config(tc: TrainConfig, vocab_size: int) -> ModelConfig:
         head_dim=tc.head_dim, global_head_dim=tc.head_dim, num_global_key_value_heads=1,
         sliding_window=tc.sliding_window, layer_types=types, num_experts=tc.experts,
         top_k_experts=tc.top_k, moe_intermediate_size=tc.moe_intermediate_size, canvas_length=tc.canvas,
-        max_position_embeddings=8192,
+        max_position_embeddings=8192,  # export_model records the trained context (seq_len)
     )
 
 
@@ -375,6 +375,26 @@ def train(tc: TrainConfig):
             if done:
                 break
     return model
+
+
+def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None, entropy_bound: float | None = None):
+    """Copy a run's latest checkpoint to `dest` as a standalone model, with the context it was trained
+    on as max_position_embeddings (the engine keeps prompts within it) and the chosen decoding defaults."""
+    run, dest = Path(run), Path(dest)
+    state = json.loads((run / "train_state.json").read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "tokenizer.json"):
+        (dest / name).write_bytes((run / "model" / name).read_bytes())
+    config = json.loads((run / "model" / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = state["train_config"]["seq_len"]
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen = json.loads((run / "model" / "generation_config.json").read_text())
+    if steps is not None:
+        gen["max_denoising_steps"] = steps
+    if entropy_bound is not None:
+        gen["sampler_config"]["entropy_bound"] = entropy_bound
+    (dest / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    return state
 
 
 def main(argv=None):
