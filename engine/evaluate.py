@@ -183,7 +183,8 @@ class _Run:
         (root / "program.py").write_text(source, encoding="utf-8")
         self.stderr = open(root / "stderr", "w+b")
         self.deadline = time.monotonic() + timeout
-        # no threads here, so preexec_fn is safe; start_new_session lets a timeout kill children too
+        # the runner starts no Python threads, so preexec_fn is safe here; a new session lets a
+        # timeout kill the program's children too
         self.proc = subprocess.Popen([sys.executable, "-I", "program.py"], cwd=root, env=_sandbox_env(str(root)),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      preexec_fn=_limits(timeout, memory), start_new_session=True)
