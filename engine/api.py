@@ -124,11 +124,16 @@ class Engine:
         return gen
 
     def _noise(self, seed: int | None, exact: bool):
+        """exact: torch's global RNG, as transformers draws it. Otherwise the fused counter-based
+        sampler on a GPU, and on the CPU (where hashing the noise costs more than drawing it) a
+        private seeded generator."""
         if exact:
             if seed is not None:
                 torch.manual_seed(seed)
             return TorchNoise(self.config.vocab_size)
-        return CounterNoise(self.config.vocab_size, seed or 0)
+        if self.model.device.type == "cuda":
+            return CounterNoise(self.config.vocab_size, seed or 0)
+        return TorchNoise(self.config.vocab_size, torch.Generator().manual_seed(seed or 0))
 
     # ---- public API ------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """One denoising step's sampling decisions: temperature schedule, sampling, entropy-bound
 acceptance, renoising and the stable-and-confident stop.
 
-Two noise sources drive the same loop: `TorchNoise` draws from torch's global RNG in the
-reference's exact order (randint canvas, then per step multinomial + randint), so a seeded
-run reproduces transformers' `generate` token for token; `CounterNoise` draws Gumbel noise
-and renoise tokens from a counter-based hash (no RNG state, one fused kernel on GPU).
+Two noise sources drive the same loop: `TorchNoise` draws from torch's RNG in the reference's
+exact order (randint canvas, then per step multinomial + randint), so a seeded run reproduces
+transformers' `generate` token for token (and, with a private generator, is the fast CPU path);
+`CounterNoise` draws Gumbel noise and renoise tokens from a counter-based hash (no RNG state,
+one fused kernel on GPU).
 """
 
 from __future__ import annotations
@@ -27,20 +28,31 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 class TorchNoise:
-    """Reference-compatible noise from torch's global RNG (seed it with torch.manual_seed)."""
+    """Reference-compatible noise from torch's RNG: the global one (seed it with torch.manual_seed),
+    or a private `generator`, which keeps concurrent users' draws apart."""
 
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
+    def __init__(self, vocab_size: int, generator: torch.Generator | None = None):
+        self.vocab_size, self.generator = vocab_size, generator
 
     def canvas(self, batch: int, length: int, device) -> torch.Tensor:
-        return torch.randint(0, self.vocab_size, (batch, length), device=device)
+        return torch.randint(0, self.vocab_size, (batch, length), device=device, generator=self.generator)
 
-    def sample(self, processed: torch.Tensor, step: int):
-        """processed (B, C, V) temperature-scaled logits -> (sample, argmax, entropy) each (B, C)."""
+    def sample(self, processed: torch.Tensor, step: int, rows: torch.Tensor | None = None):
+        """processed (B, C, V) temperature-scaled logits -> (sample, argmax, entropy) each (B, C).
+
+        With `rows` (B, C) bool only those positions are sampled (the rest: argmax, entropy 0)."""
+        if rows is not None:
+            return _on_rows(self.sample, processed, step, rows)
         B, C, V = processed.shape
-        probs = torch.softmax(processed, dim=-1, dtype=torch.float32)
-        sample = torch.multinomial(probs.view(-1, V), num_samples=1).view(B, C)
-        return sample, processed.argmax(-1), entropy(processed)
+        logp = torch.log_softmax(processed, dim=-1, dtype=torch.float32)  # (B, C, V)
+        probs = logp.exp()
+        if self.generator is None:  # the reference's own draw, for token-for-token parity
+            sample = torch.multinomial(probs.view(-1, V), num_samples=1).view(B, C)
+        else:  # inverse CDF: one uniform per row (multinomial's exponential race costs ~10x more on a CPU)
+            cdf = probs.cumsum(-1)  # (B, C, V)
+            u = torch.rand((B, C, 1), generator=self.generator, device=probs.device) * cdf[..., -1:]
+            sample = torch.searchsorted(cdf, u).clamp_(max=V - 1)[..., 0]
+        return sample, processed.argmax(-1), -(probs * logp).sum(-1)
 
     def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
         return self.canvas(batch, length, device)
@@ -60,13 +72,26 @@ class CounterNoise:
         self.canvas_index += 1
         return self._tokens(batch, length, device, stream=0)
 
-    def sample(self, processed: torch.Tensor, step: int):
+    def sample(self, processed: torch.Tensor, step: int, rows: torch.Tensor | None = None):
+        if rows is not None:
+            return _on_rows(self.sample, processed, step, rows)
         B, C, _ = processed.shape
         offset = (self.canvas_index * 4099 + step) * B * C
         return kernels.denoise_sample(processed, 1.0, seed=self.seed, offset=offset)
 
     def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
         return self._tokens(batch, length, device, stream=step + 1)
+
+
+def _on_rows(sample, processed: torch.Tensor, step: int, rows: torch.Tensor):
+    """Sample only the positions in `rows` (clamped ones are never accepted, so never need a draw)."""
+    picked, argmax, ent = sample(processed[rows][None], step)  # (1, N) each
+    B, C, _ = processed.shape
+    out_sample = torch.zeros((B, C), dtype=torch.long, device=processed.device)
+    out_argmax = torch.zeros_like(out_sample)
+    out_entropy = torch.zeros((B, C), dtype=torch.float32, device=processed.device)
+    out_sample[rows], out_argmax[rows], out_entropy[rows] = picked[0], argmax[0], ent[0]
+    return out_sample, out_argmax, out_entropy
 
 
 class StableAndConfident:

@@ -154,3 +154,26 @@ def test_prompts_beyond_the_model_positions_keep_the_most_recent_prefix(engine, 
     result = engine.infill(prefix, "\n", max_middle_tokens=8)
     assert result and len(engine._cached_ids) <= 64 - 8
     assert engine._cached_ids[0] == engine.tokenizer.bos_id
+
+
+def test_fast_cpu_sampler_draws_from_the_distribution():
+    from engine.sampler import TorchNoise
+
+    noise = TorchNoise(4, torch.Generator().manual_seed(0))
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))[None, None].expand(1, 20000, 4)
+    sample, argmax, entropy = noise.sample(logits, step=1)
+    freq = torch.bincount(sample.flatten(), minlength=4) / sample.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
+    assert (argmax == 3).all()
+    torch.testing.assert_close(entropy, torch.full_like(entropy, 1.2799), atol=1e-3, rtol=0)
+
+
+def test_sampling_only_free_rows_leaves_clamped_rows_alone():
+    from engine.sampler import TorchNoise
+
+    noise = TorchNoise(6, torch.Generator().manual_seed(0))
+    logits = torch.randn(2, 5, 6)
+    rows = torch.tensor([[True, False, True, False, False], [False, False, False, False, True]])
+    sample, argmax, entropy = noise.sample(logits, 1, rows)
+    assert (entropy[~rows] == 0).all() and (entropy[rows] > 0).all()
+    assert torch.equal(argmax[rows], logits.argmax(-1)[rows])
