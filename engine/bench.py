@@ -88,7 +88,9 @@ def build_reference(text: dict, canvas: int, steps: int, out: Path):
     """A random DiffusionGemmaForBlockDiffusion saved with transformers' own save_pretrained."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
-        DiffusionGemmaGenerationConfig, EntropyBoundSamplerConfig)
+        DiffusionGemmaGenerationConfig,
+        EntropyBoundSamplerConfig,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

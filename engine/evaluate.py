@@ -299,18 +299,18 @@ def _fmt(x, spec: str) -> str:
 
 
 def markdown(summary: dict) -> str:
+    s = summary
     rows = ["| benchmark | tasks | pass@1 | empty-completion pass@1 | timeouts | tokens/forward | ms/task p50 | ms/task mean |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| {summary['benchmark']} | {summary['tasks']} | {summary['pass@1']:.3f} | "
-            f"{summary['baseline_pass@1']:.3f} | {summary['timeouts']} | {_fmt(summary['tokens_per_forward'], '.2f')} | "
-            f"{_fmt(summary['ms_p50'], '.0f')} | {_fmt(summary['ms_mean'], '.0f')} |"]
-    held = summary.get("heldout")
+            (f"| {s['benchmark']} | {s['tasks']} | {s['pass@1']:.3f} | {s['baseline_pass@1']:.3f} | {s['timeouts']} | "
+             f"{_fmt(s['tokens_per_forward'], '.2f')} | {_fmt(s['ms_p50'], '.0f')} | {_fmt(s['ms_mean'], '.0f')} |")]
+    held = s.get("heldout")
     if held:
         rows += ["", "| held-out corpus holes | holes | exact match | tokens/forward | ms/task p50 | ms/task mean |",
                  "| --- | ---: | ---: | ---: | ---: | ---: |",
-                 f"| single line, python | {held['holes']} | {held['exact_match']:.3f} | "
-                 f"{_fmt(held['tokens_per_forward'], '.2f')} | {_fmt(held['ms_p50'], '.0f')} | "
-                 f"{_fmt(held['ms_mean'], '.0f')} |"]
+                 (f"| single line, python | {held['holes']} | {held['exact_match']:.3f} | "
+                  f"{_fmt(held['tokens_per_forward'], '.2f')} | {_fmt(held['ms_p50'], '.0f')} | "
+                  f"{_fmt(held['ms_mean'], '.0f')} |")]
     return "\n".join(rows)
 
 

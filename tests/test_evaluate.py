@@ -9,10 +9,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.api import Engine
-from engine.evaluate import (REPO, eval_infilling, infill_batch, postprocess, program, read_tasks,
-                             run_programs, stride_subset)
+from engine.evaluate import (
+    REPO,
+    eval_infilling,
+    infill_batch,
+    postprocess,
+    program,
+    read_tasks,
+    run_programs,
+    stride_subset,
+)
 from engine.tiny import write_tiny_checkpoint
 
 ADD = {"task_id": "SingleLineInfilling/Add/L0", "prompt": "def add(a, b):\n", "suffix": "",
@@ -22,6 +31,16 @@ ADD = {"task_id": "SingleLineInfilling/Add/L0", "prompt": "def add(a, b):\n", "s
 
 def run(completion: str, task: dict = ADD, **kw):
     return run_programs([program(task, completion)], **kw)[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A tiny model gains nothing from a second thread, and on a busy 2-core machine every op
+    waits on a starved OpenMP thread (docs/benchmarks.md): 2 s per infill instead of 20 ms."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +76,9 @@ def test_infinite_loop_times_out_and_fails():
 
 def test_program_runs_in_a_throwaway_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    writes = ("    import os\n    assert os.path.realpath(os.getcwd()) not in ({repo!r}, {here!r})\n"
-              "    open('canary.txt', 'w').write('x')\n    return a + b\n").format(repo=str(REPO.resolve()),
-                                                                             here=str(tmp_path.resolve()))
+    places = (str(REPO.resolve()), str(tmp_path.resolve()))
+    writes = (f"    import os\n    assert os.path.realpath(os.getcwd()) not in {places!r}\n"
+              "    open('canary.txt', 'w').write('x')\n    return a + b\n")
     assert run(writes).passed
     assert not (REPO / "canary.txt").exists() and not (tmp_path / "canary.txt").exists()
 
