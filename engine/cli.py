@@ -110,7 +110,7 @@ def cmd_eval(args) -> int:
 
     engine = None if args.baseline else _load(args)
     eval_infilling(engine, args.benchmark, args.limit, args.benchmarks_dir, steps=args.steps,
-                   max_middle_tokens=args.max_middle_tokens, heldout=args.heldout)
+                   max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json)
     return 0
 
 
@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     p.add_argument("--benchmarks-dir", default=None, help="default: ../shared/benchmarks/humaneval-infilling")
     p.add_argument("--max-middle-tokens", type=int, default=48)
     p.add_argument("--baseline", action="store_true", help="score the empty completion instead of a model")
-    p.add_argument("--heldout", default=None, help="also report exact match on N held-out corpus holes")
+    p.add_argument("--heldout", type=int, default=None, help="also report exact match on N held-out corpus holes")
+    p.add_argument("--out-json", default=None, help="summary path (default runs/eval/<benchmark>.json)")
     p.set_defaults(func=cmd_eval)
 
     args = parser.parse_args(argv)
