@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import save_model
+from .checkpoint import load_model, save_model
 from .config import GenerationConfig, ModelConfig
 from .corpus import iter_documents
 from .model import DiffusionGemma, init_weights
@@ -58,6 +58,8 @@ class TrainConfig:
     self_cond_prob: float = 0.5
     filler_weight: float = 0.2
     seed: int = 0
+    init_from: str = ""  # a model dir to start from when `out` has no train state (e.g. the embedded model)
+    start_doc: int = 0  # corpus document to start reading at (continue where an earlier run stopped)
     checkpoint_minutes: float = 10.0
     max_minutes: float = 140.0
     # model shape
@@ -326,10 +328,18 @@ def train(tc: TrainConfig):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95))
-    state = {"step": 0, "doc_index": 0, "tokens": 0, "seconds": 0.0}
+    state = {"step": 0, "doc_index": tc.start_doc, "tokens": 0, "seconds": 0.0}
     if (out / "train_state.safetensors").exists():
         state = load_state(out, model, optimizer)
         log.info("resumed from %s at step %d", out, state["step"])
+    elif tc.init_from:  # weights only: a committed model continues training with fresh optimizer state
+        start, start_config, _, _ = load_model(tc.init_from, dtype="float32")
+        if start_config.layers != config.layers or start_config.hidden_size != config.hidden_size:
+            raise SystemExit(f"--init-from {tc.init_from}: its shape differs from the configured model")
+        with torch.no_grad():
+            for (name, p), (_, q) in zip(model.named_parameters(), start.named_parameters()):
+                p.copy_(q)
+        log.info("initialised from %s", tc.init_from)
     rows = Rows(tc.corpus, tok, tc.seq_len, state["doc_index"])
     rng = random.Random(tc.seed * 1_000_003 + state["step"])
     delims = delimiter_ids(tok)
