@@ -181,11 +181,10 @@ class KVCache:
 
 @dataclass
 class DecoderContext:
-    """What canvas queries see of the prompt: per-layer (k, v) and the per-kind boolean masks (None = all)."""
+    """What canvas queries see of the prompt: per-layer (k, v), already cut to each layer's window."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    masks: dict[bool, torch.Tensor | None]  # keyed by spec.sliding
 
 
 class DiffusionGemma(nn.Module):
@@ -284,29 +283,27 @@ class DiffusionGemma(nn.Module):
                 k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
             keys.append(k)
             values.append(v)
-        return DecoderContext(keys, values, {False: None, True: None})
+        return DecoderContext(keys, values)
 
     def decode(self, canvas: torch.Tensor, context: DecoderContext, start: int,
-               sc_logits: torch.Tensor | None = None, soft: torch.Tensor | None = None) -> torch.Tensor:
+               sc_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Bidirectional pass over canvas (B, C) at positions [start, start + C) -> hidden (B, C, H).
 
-        Self-conditioning comes from the previous step's logits (`sc_logits`) or precomputed `soft`."""
+        Self-conditioning comes from the previous step's logits (`sc_logits`); none on the first step."""
         B, C = canvas.shape
         positions = torch.arange(start, start + C, device=canvas.device)[None]
         ropes = self.rope(positions, self.dtype)
-        if soft is None and sc_logits is not None:
-            soft = self.soft_embedding(sc_logits)
+        soft = None if sc_logits is None else self.soft_embedding(sc_logits)
         x = self.self_condition(self.embed_tokens(canvas), soft)
         for i, layer in enumerate(self.layers):
             spec = self.config.layers[i]
-            ctx_k, ctx_v, mask = context.keys[i], context.values[i], context.masks[spec.sliding]
 
-            def attend(q, k, v, ctx_k=ctx_k, ctx_v=ctx_v, mask=mask):
+            def attend(q, k, v, ctx_k=context.keys[i], ctx_v=context.values[i]):
                 keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
-                if mask is None and kernels.backend_for(q, keys) == "triton":
+                if kernels.backend_for(q, keys) == "triton":
                     return kernels.decoder_attention(q, keys, values, canvas_start=ctx_k.shape[2], window=None)
                 # on the CPU, SDPA computes the same as kernels.reference.decoder_attention, faster
-                return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=True)
+                return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=True)
 
             x = layer(x, *ropes[spec], attend, layer.decoder_scalar)
         return self.norm(x)

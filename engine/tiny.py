@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from .bpe import train_tokenizer
 from .checkpoint import save_model
