@@ -111,6 +111,9 @@ class Layer(nn.Module):
         self.encoder_scalar = nn.Parameter(torch.ones(1))
         self.decoder_scalar = nn.Parameter(torch.ones(1))
         self.eps = eps
+        # training sets this: every expert runs on every token (zero weight off its top-k), which
+        # is the same function with static shapes, so torch.compile fuses the layer whole
+        self.dense_experts = False
 
     def route(self, x: torch.Tensor):
         """x (T, H) -> top-k weights (T, K) fp32 and expert ids (T, K)."""
@@ -133,12 +136,24 @@ class Layer(nn.Module):
         )
         flat = x.reshape(-1, H)
         weights, index = self.route(flat)  # routing reads the residual stream, the experts its norm
-        routed = kernels.moe_experts(
-            self.pre_feedforward_layernorm_2(flat), index, weights, self.experts_gate_up, self.experts_down
-        )
+        experts_in = self.pre_feedforward_layernorm_2(flat)
+        if self.dense_experts:
+            routed = dense_moe(experts_in, index, weights, self.experts_gate_up, self.experts_down)
+        else:
+            routed = kernels.moe_experts(experts_in, index, weights, self.experts_gate_up, self.experts_down)
         routed = self.post_feedforward_layernorm_2(routed.reshape(B, T, H))
         x = x + self.post_feedforward_layernorm(dense + routed)
         return x * scalar
+
+
+def dense_moe(x, index, weights, gate_up, down):
+    """kernels.moe_experts computed for every expert and weighted by the (T, E) scattered top-k weights."""
+    E, inter = gate_up.shape[0], down.shape[-1]
+    dense_w = torch.zeros(x.shape[0], E, dtype=weights.dtype, device=x.device).scatter(1, index, weights)
+    gate_and_up = torch.einsum("th,eih->eti", x, gate_up)  # (E, T, 2I)
+    hidden = F.gelu(gate_and_up[..., :inter], approximate="tanh") * gate_and_up[..., inter:]
+    y = torch.einsum("eti,ehi->eth", hidden, down)  # (E, T, H)
+    return torch.einsum("eth,te->th", y, dense_w.to(y.dtype)).to(x.dtype)
 
 
 class KVCache:

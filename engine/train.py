@@ -62,6 +62,7 @@ class TrainConfig:
     start_doc: int = 0  # corpus document to start reading at (continue where an earlier run stopped)
     checkpoint_minutes: float = 10.0
     max_minutes: float = 140.0
+    compile: bool = True  # torch.compile the loss with dense experts: 2.4x tokens/s on this CPU (~2 min warm-up)
     # model shape
     hidden_size: int = 256
     layers: int = 6
@@ -281,11 +282,16 @@ def losses(model: DiffusionGemma, batch: Batch, tc: TrainConfig, self_condition:
 # ---- loop ---------------------------------------------------------------------------------------
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
+def lr_at(step: int, tc: TrainConfig, rewarm_from: int | None = None) -> float:
+    """Linear warm-up, then cosine to min_lr_ratio * lr at total_steps. A run resumed with a new
+    schedule (`rewarm_from` = the step it resumed at) warms up again instead of jumping."""
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
     progress = min(1.0, (step - tc.warmup) / max(1, tc.total_steps - tc.warmup))
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    lr = tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    if rewarm_from is not None and step - rewarm_from < tc.warmup:
+        lr *= (step - rewarm_from + 1) / tc.warmup
+    return lr
 
 
 def save_state(out: Path, model, optimizer, state: dict, tc: TrainConfig):
@@ -332,6 +338,11 @@ def train(tc: TrainConfig):
     if (out / "train_state.safetensors").exists():
         state = load_state(out, model, optimizer)
         log.info("resumed from %s at step %d", out, state["step"])
+        saved = state.pop("train_config", {})
+        if (saved.get("lr"), saved.get("total_steps")) != (tc.lr, tc.total_steps):
+            state["rewarm_from"] = state["step"]
+            log.info("new schedule (lr %g, %d steps): warming up again from step %d", tc.lr, tc.total_steps,
+                     state["step"])
     elif tc.init_from:  # weights only: a committed model continues training with fresh optimizer state
         start, start_config, _, _ = load_model(tc.init_from, dtype="float32")
         if start_config.layers != config.layers or start_config.hidden_size != config.hidden_size:
@@ -344,6 +355,11 @@ def train(tc: TrainConfig):
     rng = random.Random(tc.seed * 1_000_003 + state["step"])
     delims = delimiter_ids(tok)
     log.info("model: %.2fM params; %s", model.num_parameters() / 1e6, json.dumps(asdict(tc)))
+    loss_fn = losses
+    if tc.compile:
+        for layer in model.layers:
+            layer.dense_experts = True
+        loss_fn = torch.compile(losses, dynamic=False)
     t_start = time.time()
     last_save = time.time()
     gen = GenerationConfig(max_denoising_steps=16, eos_token_id=[EOS], pad_token_id=PAD)
@@ -352,9 +368,9 @@ def train(tc: TrainConfig):
         step = state["step"]
         batch = make_batch([rows.next_row() for _ in range(tc.batch)], tc, config.vocab_size, delims, rng)
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, tc)
+            g["lr"] = lr_at(step, tc, state.get("rewarm_from"))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            diffusion_loss, ar_loss = losses(model, batch, tc, rng.random() < tc.self_cond_prob)
+            diffusion_loss, ar_loss = loss_fn(model, batch, tc, rng.random() < tc.self_cond_prob)
             loss = diffusion_loss + ar_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -369,7 +385,7 @@ def train(tc: TrainConfig):
             now = time.time()
             log.info("step %d loss %.3f (diffusion %.3f, ar %.3f, ema %.3f) lr %.2e %.0f tok/s",
                      state["step"], loss.item(), diffusion_loss.item(), ar_loss.item(), ema,
-                     lr_at(step, tc), window_tokens / (now - window_t))
+                     lr_at(step, tc, state.get("rewarm_from")), window_tokens / (now - window_t))
             window_tokens, window_t = 0, now
         elapsed = time.time() - t_start
         done = state["step"] >= tc.total_steps or elapsed > tc.max_minutes * 60
@@ -410,7 +426,10 @@ def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None,
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="dgemma train", description=__doc__.splitlines()[0])
     for f in TrainConfig.__dataclass_fields__.values():
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        if isinstance(f.default, bool):
+            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))

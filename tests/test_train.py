@@ -12,7 +12,7 @@ from engine.train import TrainConfig, export_model, train
 
 SMALL = dict(seq_len=32, canvas=16, batch=2, max_middle=6, hidden_size=32, layers=2, heads=2, kv_heads=1,
              head_dim=16, intermediate_size=64, experts=2, top_k=1, moe_intermediate_size=32, sliding_window=16,
-             checkpoint_minutes=0.0, warmup=2)
+             checkpoint_minutes=0.0, warmup=2, compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,45 @@ def test_training_from_a_committed_model_starts_from_its_weights(setup):
     before = Engine.load(root / "exported", dtype="float32").model.state_dict()
     after = Engine.load(out / "model", dtype="float32").model.state_dict()
     assert all((before[k] - after[k]).abs().max() < 1e-2 for k in before)  # lr 0: unchanged up to bf16 rounding
+
+
+def test_dense_experts_compute_the_routed_experts():
+    """Training runs every expert on every token (static shapes for torch.compile); the layer must
+    compute the same function, gradients included, as the routed kernel the engine uses."""
+    import torch
+
+    from engine.model import DiffusionGemma, init_weights
+    from engine.train import model_config
+
+    tc = TrainConfig(**SMALL)
+    model = DiffusionGemma(model_config(tc, 64))
+    init_weights(model, std=0.2)
+    layer = model.layers[0]
+    x = torch.randn(2, 5, tc.hidden_size)
+    cos, sin = model.rope(torch.arange(5)[None], torch.float32)[model.config.layers[0]]
+
+    def attend(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=True)
+
+    outs, grads = [], []
+    for dense in (False, True):
+        layer.dense_experts = dense
+        model.zero_grad()
+        y = layer(x, cos, sin, attend, layer.decoder_scalar)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([p.grad.clone() for p in (layer.experts_gate_up, layer.experts_down, layer.router_proj.weight)])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for dense_grad, routed_grad in zip(grads[1], grads[0]):
+        torch.testing.assert_close(dense_grad, routed_grad, rtol=1e-4, atol=1e-5)
+        assert routed_grad.abs().sum() > 0
+
+
+def test_a_new_schedule_on_resume_warms_up_again():
+    from engine.train import lr_at
+
+    tc = TrainConfig(lr=1e-3, warmup=10, total_steps=1000)
+    assert lr_at(500, tc, rewarm_from=500) == pytest.approx(lr_at(500, tc) / 10)
+    assert lr_at(509, tc, rewarm_from=500) == lr_at(509, tc)
+    assert lr_at(600, tc, rewarm_from=500) == lr_at(600, tc)
+    assert lr_at(0, tc) == 1e-4 and abs(lr_at(1000, tc) - 1e-4) < 1e-12
