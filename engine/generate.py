@@ -70,7 +70,7 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
             raise Cancelled("generation cancelled")
         forwards += ~finished
         hidden = model.decode(canvas, context, start, sc_logits=sc_logits)
-        processed = model.logits(hidden) / temperature(step, N, gen.t_min, gen.t_max)  # (B, C, V)
+        processed = model.logits(hidden).div_(temperature(step, N, gen.t_min, gen.t_max))  # (B, C, V)
         sample, new_argmax, ent = noise.sample(processed, step, free)
         renoise_tokens = noise.renoise(B, C, canvas.device, step)
         new_canvas, accepted = kernels.entropy_accept(ent, canvas, sample, clamped, gen.entropy_bound,
