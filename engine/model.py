@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +260,18 @@ class DiffusionGemma(nn.Module):
         signal = self.sc_down(F.gelu(self.sc_gate(h), approximate="tanh") * self.sc_up(h))
         return rms_norm(embeds + signal, None, self.config.rms_norm_eps)
 
+    def run(self, x: torch.Tensor, positions: torch.Tensor, attend, *, decoder: bool) -> torch.Tensor:
+        """The layer stack over embeddings x (B, T, H) at positions (B or 1, T) -> final normed hidden.
+
+        `attend(i, spec, q, k, v)` decides what layer i's queries see: the encoder's KV cache, the
+        decoder's [cached prompt ; canvas], or training's packed slots with their masks."""
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.dtype
+        ropes = self.rope(positions, dtype)
+        for i, (layer, spec) in enumerate(zip(self.layers, self.config.layers)):
+            scalar = layer.decoder_scalar if decoder else layer.encoder_scalar
+            x = layer(x, *ropes[spec], partial(attend, i, spec), scalar)
+        return self.norm(x)
+
     # ---- encoder -----------------------------------------------------------------------------
 
     def encode(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -269,23 +282,19 @@ class DiffusionGemma(nn.Module):
         start = cache.length
         cache.reserve(start + T)
         positions = torch.arange(start, start + T, device=ids.device)[None]
-        ropes = self.rope(positions, self.dtype)
         q_pos = positions[0, :, None]
         k_pos = torch.arange(start + T, device=ids.device)[None, :]
         causal = k_pos <= q_pos
         masks = {False: causal, True: causal & (k_pos > q_pos - self.config.sliding_window)}
-        x = self.embed_tokens(ids)
-        for i, layer in enumerate(self.layers):
-            spec = self.config.layers[i]
 
-            def attend(q, k, v, i=i, sliding=spec.sliding):
-                k_all, v_all = cache.write(i, start, k, v)
-                return F.scaled_dot_product_attention(
-                    q, k_all, v_all, attn_mask=masks[sliding], scale=1.0, enable_gqa=True)
+        def attend(i, spec, q, k, v):
+            k_all, v_all = cache.write(i, start, k, v)
+            return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=masks[spec.sliding], scale=1.0,
+                                                  enable_gqa=True)
 
-            x = layer(x, *ropes[spec], attend, layer.encoder_scalar)
+        hidden = self.run(self.embed_tokens(ids), positions, attend, decoder=False)
         cache.length = start + T
-        return self.norm(x)
+        return hidden
 
     # ---- decoder -----------------------------------------------------------------------------
 
@@ -309,21 +318,18 @@ class DiffusionGemma(nn.Module):
         Self-conditioning comes from the previous step's logits (`sc_logits`); none on the first step."""
         B, C = canvas.shape
         positions = torch.arange(start, start + C, device=canvas.device)[None]
-        ropes = self.rope(positions, self.dtype)
         soft = None if sc_logits is None else self.soft_embedding(sc_logits)
         x = self.self_condition(self.embed_tokens(canvas), soft)
-        for i, layer in enumerate(self.layers):
-            spec = self.config.layers[i]
 
-            def attend(q, k, v, ctx_k=context.keys[i], ctx_v=context.values[i]):
-                keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
-                if kernels.backend_for(q, keys) == "triton":
-                    return kernels.decoder_attention(q, keys, values, canvas_start=ctx_k.shape[2], window=None)
-                # on the CPU, SDPA computes the same as kernels.reference.decoder_attention, faster
-                return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=True)
+        def attend(i, spec, q, k, v):
+            ctx_k, ctx_v = context.keys[i], context.values[i]
+            keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
+            if kernels.backend_for(q, keys) == "triton":
+                return kernels.decoder_attention(q, keys, values, canvas_start=ctx_k.shape[2], window=None)
+            # on the CPU, SDPA computes the same as kernels.reference.decoder_attention, faster
+            return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=True)
 
-            x = layer(x, *ropes[spec], attend, layer.decoder_scalar)
-        return self.norm(x)
+        return self.run(x, positions, attend, decoder=True)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -208,21 +208,18 @@ def _middle_length(row: torch.Tensor, s: int, tc: TrainConfig, delims: torch.Ten
 
 def run_encoder(model: DiffusionGemma, ids: torch.Tensor):
     """Causal pass over ids (B, S) -> hidden (B, S, H) and each layer's keys/values for the decoder."""
-    B, S = ids.shape
-    cfg = model.config
+    S = ids.shape[1]
     pos = torch.arange(S)[None]
-    ropes = model.rope(pos, torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else model.dtype)
     q_pos, k_pos = pos[0, :, None], pos[0, None, :]
     causal = k_pos <= q_pos
-    masks = {False: causal, True: causal & (k_pos > q_pos - cfg.sliding_window)}
+    masks = {False: causal, True: causal & (k_pos > q_pos - model.config.sliding_window)}
     kv = []
-    x = model.embed_tokens(ids)
-    for layer, spec in zip(model.layers, cfg.layers):
-        def attend(q, k, v, sliding=spec.sliding):
-            kv.append((k, v))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[sliding], scale=1.0, enable_gqa=True)
-        x = layer(x, *ropes[spec], attend, layer.encoder_scalar)
-    return model.norm(x), kv
+
+    def attend(i, spec, q, k, v):
+        kv.append((k, v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[spec.sliding], scale=1.0, enable_gqa=True)
+
+    return model.run(model.embed_tokens(ids), pos, attend, decoder=False), kv
 
 
 def decoder_masks(attach: torch.Tensor, valid: torch.Tensor, S: int, C: int, window: int):
@@ -245,15 +242,14 @@ def decoder_masks(attach: torch.Tensor, valid: torch.Tensor, S: int, C: int, win
 
 def run_decoder(model: DiffusionGemma, canvas: torch.Tensor, positions: torch.Tensor, enc_kv, masks,
                 soft: torch.Tensor | None):
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else model.dtype
-    ropes = model.rope(positions, dtype)
+    """Every slot's canvas at once: queries see their encoder prefix and their own slot (`masks`)."""
+    def attend(i, spec, q, k, v):
+        ek, ev = enc_kv[i]
+        return F.scaled_dot_product_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2),
+                                              attn_mask=masks[spec.sliding], scale=1.0, enable_gqa=True)
+
     x = model.self_condition(model.embed_tokens(canvas), soft)
-    for layer, spec, (ek, ev) in zip(model.layers, model.config.layers, enc_kv):
-        def attend(q, k, v, ek=ek, ev=ev, sliding=spec.sliding):
-            return F.scaled_dot_product_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2),
-                                                  attn_mask=masks[sliding], scale=1.0, enable_gqa=True)
-        x = layer(x, *ropes[spec], attend, layer.decoder_scalar)
-    return model.norm(x)
+    return model.run(x, positions, attend, decoder=True)
 
 
 def losses(model: DiffusionGemma, batch: Batch, tc: TrainConfig, self_condition: bool):
