@@ -164,6 +164,10 @@ class GenerationConfig:
     confidence_threshold: float = 0.005
     eos_token_id: list[int] = field(default_factory=lambda: [1])
     pad_token_id: int | None = 0
+    # ours, off by default (the reference has no such option): a free position that holds a freshly
+    # drawn uniform-noise token says nothing about its clean token, so its current token gets no
+    # probability. Small models copy their noisy input; this removes that bias.
+    ignore_noise_tokens: bool = False
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, int):
@@ -199,7 +203,10 @@ class GenerationConfig:
             "confidence_threshold": raw.get("confidence_threshold"),
             "eos_token_id": raw.get("eos_token_id"),
             "pad_token_id": raw.get("pad_token_id"),
+            "ignore_noise_tokens": raw.get("ignore_noise_tokens"),
         }
+        if values["ignore_noise_tokens"] is not None and not isinstance(values["ignore_noise_tokens"], bool):
+            raise ValueError(f"ignore_noise_tokens must be true or false, got {values['ignore_noise_tokens']!r}")
         for key, value in values.items():
             if value is not None:
                 setattr(out, key, [value] if key == "eos_token_id" and isinstance(value, int) else value)
@@ -217,6 +224,7 @@ class GenerationConfig:
             "confidence_threshold": self.confidence_threshold,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
+            **({"ignore_noise_tokens": True} if self.ignore_noise_tokens else {}),
         }
 
 

@@ -50,6 +50,13 @@ class Generation:
     steps: list[int] = field(default_factory=list)  # denoising steps per canvas
 
 
+def ignore_current_token(logits: torch.Tensor, canvas: torch.Tensor, where: torch.Tensor):
+    """In place: logits (B, C, V) of `canvas`'s own token -> -inf at positions `where` (B, C)."""
+    index = canvas[..., None]
+    current = logits.gather(-1, index)
+    logits.scatter_(-1, index, current.masked_fill(where[..., None], float("-inf")))
+
+
 @torch.no_grad()
 def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: torch.Tensor,
             gen: GenerationConfig, noise, *, clamped: torch.Tensor | None = None, canvas_index: int = 0,
@@ -64,6 +71,7 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
     finished = torch.zeros(B, dtype=torch.bool, device=canvas.device)
     forwards = torch.zeros(B, dtype=torch.int32, device=canvas.device)
     free = None if clamped is None else ~clamped
+    noised = torch.ones_like(canvas, dtype=torch.bool) if free is None else free  # hold fresh noise tokens
     argmax, sc_logits = canvas, None
     for taken, step in enumerate(range(N, 0, -1), start=1):
         if should_stop is not None and should_stop():
@@ -71,10 +79,13 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
         forwards += ~finished
         hidden = model.decode(canvas, context, start, sc_logits=sc_logits)
         processed = model.logits(hidden).div_(temperature(step, N, gen.t_min, gen.t_max))  # (B, C, V)
+        if gen.ignore_noise_tokens:
+            ignore_current_token(processed, canvas, noised)
         sample, new_argmax, ent = noise.sample(processed, step, free)
         renoise_tokens = noise.renoise(B, C, canvas.device, step)
         new_canvas, accepted = kernels.entropy_accept(ent, canvas, sample, clamped, gen.entropy_bound,
                                                       renoise_tokens)
+        noised = ~accepted if free is None else free & ~accepted
         if clamped is not None:
             new_argmax = torch.where(clamped, canvas, new_argmax)
         if finished.any():  # finished rows keep their state; only the batch keeps running

@@ -96,6 +96,44 @@ def test_clamped_positions_never_change_across_steps(toy_engine):
         assert not d.accepted[clamped].any()
 
 
+def test_ignore_noise_tokens_never_predicts_the_noise_a_position_holds(toy_engine):
+    """Positions holding fresh noise going into a step never get that token back (argmax or sample);
+    accepted positions and clamped context are untouched by the rule."""
+    tok = toy_engine.tokenizer
+    gen = GenerationConfig(**{**toy_engine.generation.__dict__, "ignore_noise_tokens": True})
+    plan = plan_canvas(tok.encode("abcdefgh"), tok.encode("cdefghij"), 6, bos=2, eos=1, width=16, context=5)
+    known, clamped = torch.tensor([plan.canvas]), torch.tensor([plan.clamped])
+    cache = toy_engine.prefill(plan.prompt)
+    noise = CounterNoise(toy_engine.config.vocab_size, seed=5)
+    # the first "noise" is the true middle ("ijab" + 2 fillers): without the rule the model keeps it
+    canvas = known.clone()
+    canvas[0, plan.hole] = torch.tensor(tok.encode("ijab") + [tok.filler_id] * 2)
+    context = toy_engine.model.decoder_context(cache, 1)
+    control = []
+    denoise(toy_engine.model, context, cache.length, canvas, toy_engine.generation,
+            CounterNoise(toy_engine.config.vocab_size, seed=5), clamped=clamped, on_step=control.append)
+    assert (control[0].argmax == canvas)[~clamped].any()
+    drafts = []
+    denoise(toy_engine.model, context, cache.length, canvas, gen, noise, clamped=clamped, on_step=drafts.append)
+    inputs = [canvas] + [d.canvas for d in drafts[:-1]]
+    noised = [~clamped] + [~clamped & ~d.accepted for d in drafts[:-1]]
+    checked = 0
+    for d, before, where in zip(drafts, inputs, noised):
+        assert not (d.argmax == before)[where].any(), f"step {d.step}: a noise token was predicted"
+        assert not (d.canvas == before)[where & d.accepted].any()
+        checked += int(where.sum())
+    assert checked >= 6
+    assert GenerationConfig.from_hf_dict(gen.to_hf_dict()).ignore_noise_tokens is True
+    assert "ignore_noise_tokens" not in toy_engine.generation.to_hf_dict()
+    with pytest.raises(ValueError, match="ignore_noise_tokens"):
+        GenerationConfig.from_hf_dict({"ignore_noise_tokens": "yes"})
+
+
+def test_a_trained_model_still_fills_holes_when_ignoring_noise_tokens(toy_engine, monkeypatch):
+    monkeypatch.setattr(toy_engine.generation, "ignore_noise_tokens", True)
+    assert toy_engine.infill("abcdefghijabcd", "hijabcdefg", max_middle_tokens=3, context_tokens=6)[0].text == "efg"
+
+
 def test_extract_middle_deletes_fillers_and_stops_at_eos():
     assert extract_middle(torch.tensor([5, 7, 6, 7, 1, 9]), filler=7, stop_ids={1}) == [5, 6]
 
