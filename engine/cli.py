@@ -5,7 +5,7 @@
     dgemma infill-batch --tasks IN.jsonl --out OUT.jsonl [--model DIR]
     dgemma eval-infilling --benchmark single-line [--limit N] [--model DIR]
     dgemma train [--out runs/NAME ...]
-    dgemma export RUN DEST [--steps N]
+    dgemma export RUN DEST [--steps N] [--ignore-noise-tokens]
 """
 
 from __future__ import annotations
@@ -123,8 +123,11 @@ def main(argv=None) -> int:
         p.add_argument("dest")
         p.add_argument("--steps", type=int, default=None)
         p.add_argument("--entropy-bound", type=float, default=None)
+        p.add_argument("--ignore-noise-tokens", action=argparse.BooleanOptionalAction, default=None,
+                       help="write the generation option (see engine/config.py GenerationConfig)")
         a = p.parse_args(argv[1:])
-        state = export_model(a.run, a.dest, steps=a.steps, entropy_bound=a.entropy_bound)
+        state = export_model(a.run, a.dest, steps=a.steps, entropy_bound=a.entropy_bound,
+                             ignore_noise_tokens=a.ignore_noise_tokens)
         print(f"exported step {state['step']} ({state['tokens'] / 1e6:.1f}M tokens) to {a.dest}")
         return 0
     if argv[:1] == ["train"]:

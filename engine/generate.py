@@ -95,7 +95,7 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
         # confidence over the free positions: clamped ones are known, not predicted
         mean_entropy = ent.mean(-1) if free is None else (ent * free).sum(-1) / free.sum(-1).clamp(min=1)
         finished |= stopper(new_argmax, mean_entropy)
-        sc_logits = processed.to(model.dtype)
+        sc_logits = processed  # fp32: soft_embedding takes its softmax in fp32 anyway (no round trip)
         canvas, argmax = new_canvas, new_argmax
         if on_step is not None:
             on_step(Draft(canvas_index, taken, N, argmax, canvas, accepted))

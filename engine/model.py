@@ -247,7 +247,11 @@ class DiffusionGemma(nn.Module):
             return logits
         if torch.is_grad_enabled():
             return torch.tanh(logits / cap) * cap
-        return logits.div_(cap).tanh_().mul_(cap)  # same ops in place: a third of the time on (C, vocab)
+        if self.dtype == torch.float32:  # the parity path: the reference's own ops, in place
+            return logits.div_(cap).tanh_().mul_(cap)
+        # low-precision weights: tanh(x) = 2 sigmoid(2x) - 1 in place, 5x faster than tanh_ on a CPU
+        # core, within 1e-5 of it at cap 30 (far below the bf16 rounding of the hidden states)
+        return logits.mul_(2 / cap).sigmoid_().mul_(2 * cap).sub_(cap)
 
     def soft_embedding(self, sc_logits: torch.Tensor) -> torch.Tensor:
         """softmax(previous logits) @ embedding, scaled like token embeddings: (B, C, V) -> (B, C, H)."""

@@ -399,7 +399,8 @@ def train(tc: TrainConfig):
     return model
 
 
-def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None, entropy_bound: float | None = None):
+def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None, entropy_bound: float | None = None,
+                 ignore_noise_tokens: bool | None = None):
     """Copy a run's latest checkpoint to `dest` as a standalone model, with the context it was trained
     on as max_position_embeddings (the engine keeps prompts within it) and the chosen decoding defaults."""
     run, dest = Path(run), Path(dest)
@@ -415,6 +416,8 @@ def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None,
         gen["max_denoising_steps"] = steps
     if entropy_bound is not None:
         gen["sampler_config"]["entropy_bound"] = entropy_bound
+    if ignore_noise_tokens is not None:
+        gen["ignore_noise_tokens"] = ignore_noise_tokens
     (dest / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     return state
 
