@@ -187,6 +187,8 @@ class GenerationConfig:
             raise ValueError(f"confidence_threshold must be > 0, got {self.confidence_threshold}")
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if not isinstance(self.ignore_noise_tokens, bool):
+            raise ValueError(f"ignore_noise_tokens must be true or false, got {self.ignore_noise_tokens!r}")
 
     @classmethod
     def from_hf_dict(cls, raw: dict) -> "GenerationConfig":
@@ -205,8 +207,6 @@ class GenerationConfig:
             "pad_token_id": raw.get("pad_token_id"),
             "ignore_noise_tokens": raw.get("ignore_noise_tokens"),
         }
-        if values["ignore_noise_tokens"] is not None and not isinstance(values["ignore_noise_tokens"], bool):
-            raise ValueError(f"ignore_noise_tokens must be true or false, got {values['ignore_noise_tokens']!r}")
         for key, value in values.items():
             if value is not None:
                 setattr(out, key, [value] if key == "eos_token_id" and isinstance(value, int) else value)

@@ -91,7 +91,7 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
         if finished.any():  # finished rows keep their state; only the batch keeps running
             new_argmax = torch.where(finished[:, None], argmax, new_argmax)
             new_canvas = torch.where(finished[:, None], canvas, new_canvas)
-            processed = torch.where(finished[:, None, None], sc_logits.float(), processed)
+            processed = torch.where(finished[:, None, None], sc_logits, processed)
         # confidence over the free positions: clamped ones are known, not predicted
         mean_entropy = ent.mean(-1) if free is None else (ent * free).sum(-1) / free.sum(-1).clamp(min=1)
         finished |= stopper(new_argmax, mean_entropy)

@@ -97,8 +97,8 @@ def test_clamped_positions_never_change_across_steps(toy_engine):
 
 
 def test_ignore_noise_tokens_never_predicts_the_noise_a_position_holds(toy_engine):
-    """Positions holding fresh noise going into a step never get that token back (argmax or sample);
-    accepted positions and clamped context are untouched by the rule."""
+    """Positions holding fresh noise going into a step never get that token back, neither as argmax
+    nor as an accepted sample; without the option the same model does copy it."""
     tok = toy_engine.tokenizer
     gen = GenerationConfig(**{**toy_engine.generation.__dict__, "ignore_noise_tokens": True})
     plan = plan_canvas(tok.encode("abcdefgh"), tok.encode("cdefghij"), 6, bos=2, eos=1, width=16, context=5)
@@ -127,6 +127,8 @@ def test_ignore_noise_tokens_never_predicts_the_noise_a_position_holds(toy_engin
     assert "ignore_noise_tokens" not in toy_engine.generation.to_hf_dict()
     with pytest.raises(ValueError, match="ignore_noise_tokens"):
         GenerationConfig.from_hf_dict({"ignore_noise_tokens": "yes"})
+    with pytest.raises(ValueError, match="ignore_noise_tokens"):
+        GenerationConfig(ignore_noise_tokens=1)
 
 
 def test_a_trained_model_still_fills_holes_when_ignoring_noise_tokens(toy_engine, monkeypatch):
