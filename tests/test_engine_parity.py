@@ -147,3 +147,39 @@ def test_stop_criterion_matches_reference(stability):
         logits = torch.randn(3, 4, 6, generator=g) * (step / 3)
         expected = theirs(argmax, logits)
         assert torch.equal(ours(argmax, entropy(logits).mean(-1)), expected), f"step {step}"
+
+
+# ---- the low-precision CPU fast paths (fp32 keeps the reference's ops, so the tests above cover it)
+
+
+def test_bf16_canvas_runs_all_experts_and_computes_the_routed_function(monkeypatch):
+    """A bf16 canvas on the CPU folds few experts into two GEMMs (prompts and fp32 stay routed);
+    the layer computes the same function as with the routed kernel, up to bf16 rounding."""
+    from engine.model import DiffusionGemma, init_weights
+    from engine.tiny import tiny_config
+
+    model = DiffusionGemma(tiny_config(vocab_size=64))
+    init_weights(model, std=0.2)
+    model.to(torch.bfloat16)
+    layer = model.layers[0]
+    cos, sin = model.rope(torch.arange(8)[None], torch.bfloat16)[model.config.layers[0]]
+
+    def attend(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0, enable_gqa=True)
+
+    x = torch.randn(2, 8, model.config.hidden_size).bfloat16()
+    calls = []
+    real = kernels.moe_experts
+    monkeypatch.setattr(kernels, "moe_experts", lambda *a: calls.append(layer.dense_experts) or real(*a))
+    outs = {}
+    with torch.no_grad():
+        for mode in (None, False):
+            layer.dense_experts = mode
+            outs[mode] = layer(x, cos, sin, attend, layer.decoder_scalar).float()
+        layer.dense_experts = None
+        layer(torch.randn(1, 200, model.config.hidden_size).bfloat16(), *model.rope(
+            torch.arange(200)[None], torch.bfloat16)[model.config.layers[0]], attend, layer.encoder_scalar)
+    # auto took the all-experts GEMMs on the 16-token canvas and the routed kernel on a 200-token prompt
+    assert calls == [False, None]
+    torch.testing.assert_close(outs[None], outs[False], atol=5e-2 * outs[False].abs().max().item(), rtol=0)
+    assert (outs[None] - outs[False]).abs().mean() < 1e-2 * outs[False].abs().mean()
