@@ -139,11 +139,15 @@ class DgemmaServer(LanguageServer):
                 self.progress(types.ProgressParams(token=token, value=value))
 
         report(types.WorkDoneProgressBegin(title="dgemma: loading model", message=what, percentage=0))
+        compiling = ", compiling the decoder step (~40 s the first time)" if self.settings.compile else ""
         self.log_to_client(
-            types.MessageType.Info, f"dgemma: loading {what} ({self.settings.device}, {self.settings.dtype})"
+            types.MessageType.Info,
+            f"dgemma: loading {what} ({self.settings.device}, {self.settings.dtype}{compiling})",
         )
         try:
-            description = await asyncio.wrap_future(self.worker.load(path, self.settings.device, self.settings.dtype))
+            description = await asyncio.wrap_future(
+                self.worker.load(path, self.settings.device, self.settings.dtype, self.settings.compile)
+            )
         except Cancelled:
             report(types.WorkDoneProgressEnd(message="superseded by a newer model load"))
             return

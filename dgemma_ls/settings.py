@@ -20,6 +20,7 @@ class Settings:
     model: str | None = None  # checkpoint directory; None -> the --model flag, else the embedded model
     device: str = "cpu"
     dtype: str = "auto"
+    compile: bool = False  # torch.compile the denoising step at load (Engine.compile)
     steps: int | None = None  # denoising steps per block; None -> the engine's default
     entropy_bound: float | None = None
     max_middle_tokens: int = 48
@@ -28,9 +29,9 @@ class Settings:
     enabled_languages: tuple[str, ...] = ()  # empty -> every language
     debounce_ms: int = 75
 
-    def engine_key(self) -> tuple[str | None, str, str]:
+    def engine_key(self) -> tuple[str | None, str, str, bool]:
         """What a model load depends on: a change here means a reload."""
-        return (self.model, self.device, self.dtype)
+        return (self.model, self.device, self.dtype, self.compile)
 
     def language_enabled(self, language_id: str) -> bool:
         return not self.enabled_languages or language_id in self.enabled_languages
@@ -71,6 +72,12 @@ def _int_in(low: int, high: int, optional: bool = False) -> Callable[[Any], int 
     return parse
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("expected true or false")
+    return value
+
+
 def _optional_positive_float(value: Any) -> float | None:
     if value is None:
         return None
@@ -92,6 +99,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "model": ("model", _optional_str),
     "device": ("device", _choice(DEVICES)),
     "dtype": ("dtype", _choice(DTYPES)),
+    "compile": ("compile", _bool),
     "steps": ("steps", _int_in(1, 1024, optional=True)),
     "entropyBound": ("entropy_bound", _optional_positive_float),
     "maxMiddleTokens": ("max_middle_tokens", _int_in(1, 1024)),

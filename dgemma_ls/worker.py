@@ -37,7 +37,7 @@ class ModelWorker:
     def closing(self) -> bool:
         return self._closing.is_set()
 
-    def load(self, path: str | None, device: str, dtype: str) -> Future[str]:
+    def load(self, path: str | None, device: str, dtype: str, compile: bool = False) -> Future[str]:
         """Replace the engine; resolves to its one-line description or raises EngineError."""
         self._load_generation += 1
         generation = self._load_generation
@@ -49,7 +49,7 @@ class ModelWorker:
             if generation != self._load_generation or self._closing.is_set():
                 raise Cancelled("a newer model load superseded this one")
             try:
-                engine = Engine.load(path, device=device, dtype=dtype)
+                engine = Engine.load(path, device=device, dtype=dtype, compile=compile)
             except EngineError as error:
                 if generation == self._load_generation:
                     self.unavailable_reason = f"the model failed to load: {error}"

@@ -63,14 +63,17 @@ class Engine:
     def __init__(self, model, config, generation: GenerationConfig, tokenizer: Tokenizer, root: Path):
         self.model, self.config, self.generation, self.tokenizer, self.root = (
             model, config, generation, tokenizer, root)
+        self.compiled = ""  # what compile() did, for describe()
         self._cache: KVCache | None = None
         self._cached_ids: list[int] = []
         self.encoded_tokens = 0  # prompt tokens actually encoded, for reuse accounting
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
-             threads: int | None = None) -> "Engine":
+             threads: int | None = None, compile: bool = False) -> "Engine":
         """Load a checkpoint directory or HF cache snapshot; None loads the embedded default model.
+
+        `compile`: also compile the denoising step now (Engine.compile); a failure leaves it eager.
 
         `threads`: torch CPU threads (process-wide); default half the cores, at most 4. A decoder
         step is many small ops, each a barrier for every thread: when the editor or anything else
@@ -89,13 +92,33 @@ class Engine:
         if tokenizer.vocab_size > config.vocab_size:
             raise EngineError(f"{root / 'tokenizer.json'}: {tokenizer.vocab_size} tokens but the model has "
                               f"{config.vocab_size} embeddings")
-        return cls(model, config, gen, tokenizer, root)
+        engine = cls(model, config, gen, tokenizer, root)
+        if compile:
+            engine.compile()
+        return engine
+
+    def compile(self) -> bool:
+        """torch.compile the denoising step for single-row requests (inline completion) and warm it
+        up: ~20% less per step on a CPU core; ~40 s the first time on a machine, ~10 s once
+        inductor's on-disk cache holds the graph. Needs a C++ compiler on the CPU; any failure is
+        logged and the engine stays eager. Returns whether the compiled step is in place."""
+        try:
+            seconds = self.model.compile_decoder()
+        except Exception as error:  # no compiler, an unsupported op: eager still works
+            self.model._compiled_step = None
+            self.compiled = f"compile failed, eager: {error!r}"[:300]
+            log.warning("compiling the decoder step failed; staying eager: %r", error)
+            return False
+        self.compiled = f"decoder step compiled in {seconds:.0f} s"
+        log.info("%s", self.compiled)
+        return True
 
     def describe(self) -> str:
         params = self.model.num_parameters()
         return (f"{self.root.name}: DiffusionGemma {params / 1e6:.1f}M params, {self.config.num_hidden_layers} "
                 f"layers, {self.config.num_experts} experts top-{self.config.top_k_experts}, canvas "
-                f"{self.config.canvas_length}, {str(self.model.dtype).removeprefix('torch.')} on {self.model.device}")
+                f"{self.config.canvas_length}, {str(self.model.dtype).removeprefix('torch.')} on {self.model.device}"
+                + (f"; {self.compiled}" if self.compiled else ""))
 
     # ---- prompt KV reuse -------------------------------------------------------------------
 

@@ -4,12 +4,13 @@
    and loaded by us: prefill, one decoder step, `generate` of 128 tokens (reference-mode noise,
    same seed, same tokens), fp32 and bf16; `--reference` also times transformers on it.
 2. inline completion: FIM requests cut from held-out python files through `Engine.infill` with
-   the server's line-scope defaults, 1 vs 2 torch threads, and the prompt-KV reuse of typing.
+   the server's line-scope defaults, 1 vs 2 torch threads, and the prompt-KV reuse of typing;
+   eager, then with the compiled decoder step (`Engine.compile`).
 3. memory: peak RSS of loading the model against its safetensors size (mmap, no second copy).
 
 transformers is used only here and in tests, never at run time. A script, never a timed test:
 
-    python -m engine.bench [--model DIR] [--reference] [--requests 50]
+    python -m engine.bench [--model DIR] [--reference] [--requests 50] [--no-compile]
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ def bench_infill(engine: Engine, requests, steps: int | None, threads: int) -> l
     finally:
         torch.set_num_threads(previous)
     label = f"{steps if steps is not None else engine.generation.max_denoising_steps}"
-    return [label + ("" if steps is not None else " (default)"), threads, len(requests),
+    step = "compiled" if engine.model._compiled_step is not None else "eager"
+    return [label + ("" if steps is not None else " (default)"), step, threads, len(requests),
             f"{statistics.median(ms):.0f}", f"{pct(ms, 0.95):.0f}", f"{statistics.fmean(ms):.0f}",
             f"{statistics.fmean(forwards):.1f}", f"{statistics.fmean(tpf):.2f}"]
 
@@ -235,7 +237,7 @@ def bench_reuse(engine: Engine, requests, count: int = 10) -> str:
          f"{statistics.median(typed):.0f}", f"{statistics.fmean(typed):.0f}"]])
 
 
-def bench_completion(model_dir: Path, n: int, threads: int) -> str:
+def bench_completion(model_dir: Path, n: int, threads: int, compile: bool) -> str:
     engine = Engine.load(model_dir)
     requests = fim_requests(n)
     other = 2 if threads == 1 else 1
@@ -246,13 +248,19 @@ def bench_completion(model_dir: Path, n: int, threads: int) -> str:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        reuse = bench_reuse(engine, requests)
+        reuses = [("eager", bench_reuse(engine, requests))]
+        if compile and engine.compile():  # Engine.compile: the server's `dgemma.compile` setting
+            rows += [bench_infill(engine, requests, None, threads), bench_infill(engine, requests, fewer, threads)]
+            reuses.append(("compiled", bench_reuse(engine, requests)))
     finally:
         torch.set_num_threads(previous)
+    compiled = f"\n\n{engine.compiled} ({threads} torch thread(s))." if compile else ""
     return (f"### Inline completion ({engine.describe()}; {kinds}; max_middle_tokens {LINE_SCOPE_TOKENS})\n\n"
-            + table(["steps", "torch threads", "requests", "ms p50", "ms p95", "ms mean", "decoder passes",
-                     "tokens/forward"], rows)
-            + f"\n\nPrompt-KV reuse (default steps, {threads} torch thread(s)):\n\n" + reuse)
+            + table(["steps", "decoder step", "torch threads", "requests", "ms p50", "ms p95", "ms mean",
+                     "decoder passes", "tokens/forward"], rows)
+            + compiled
+            + "".join(f"\n\nPrompt-KV reuse (default steps, {threads} torch thread(s), {mode} decoder step):\n\n"
+                      + reuse for mode, reuse in reuses))
 
 
 # ----------------------------------------------------------------------------------- 3. memory
@@ -307,6 +315,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=50, help="FIM requests for the latency table")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for 1 and 2 (2 also times 3 requests at the other count)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the compiled decoder step (Engine.compile; default on)")
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else default_model()
     t0 = time.perf_counter()
@@ -323,7 +333,7 @@ def main(argv=None) -> int:
     if model_dir is None:
         print("no trained checkpoint found (runs/default/model, engine/default_model): skipping 2 and 3")
         return 0
-    print(bench_completion(model_dir, args.requests, args.threads) + "\n", flush=True)
+    print(bench_completion(model_dir, args.requests, args.threads, args.compile) + "\n", flush=True)
     print(memory + "\n")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

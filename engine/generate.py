@@ -77,8 +77,8 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
         forwards += ~finished
-        hidden = model.decode(canvas, context, start, sc_logits=sc_logits)
-        processed = model.logits(hidden).div_(temperature(step, N, gen.t_min, gen.t_max))  # (B, C, V)
+        processed = model.decoder_logits(canvas, context, start, sc_logits)
+        processed.div_(temperature(step, N, gen.t_min, gen.t_max))  # (B, C, V)
         if gen.ignore_noise_tokens:
             ignore_current_token(processed, canvas, noised)
         sample, new_argmax, ent = noise.sample(processed, step, free)

@@ -232,6 +232,7 @@ class DiffusionGemma(nn.Module):
         self.sc_up = nn.Linear(H, I, bias=False)
         self.sc_down = nn.Linear(I, H, bias=False)
         self._inv_freq = {spec: rope_inv_freq(spec) for spec in set(config.layers)}
+        self._compiled_step = None  # compile_decoder()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -338,13 +339,17 @@ class DiffusionGemma(nn.Module):
         """Bidirectional pass over canvas (B, C) at positions [start, start + C) -> hidden (B, C, H).
 
         Self-conditioning comes from the previous step's logits (`sc_logits`); none on the first step."""
+        soft = None if sc_logits is None else self.soft_embedding(sc_logits)
+        return self._decode(canvas, context.keys, context.values, start, soft)
+
+    def _decode(self, canvas: torch.Tensor, ctx_keys: list[torch.Tensor], ctx_values: list[torch.Tensor],
+                start: int, soft: torch.Tensor | None) -> torch.Tensor:
         B, C = canvas.shape
         positions = torch.arange(start, start + C, device=canvas.device)[None]
-        soft = None if sc_logits is None else self.soft_embedding(sc_logits)
         x = self.self_condition(self.embed_tokens(canvas), soft)
 
         def attend(i, spec, q, k, v):
-            ctx_k, ctx_v = context.keys[i], context.values[i]
+            ctx_k, ctx_v = ctx_keys[i], ctx_values[i]
             keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
             if kernels.backend_for(q, keys) == "triton":
                 return kernels.decoder_attention(q, keys, values, canvas_start=ctx_k.shape[2], window=None)
@@ -352,6 +357,56 @@ class DiffusionGemma(nn.Module):
             return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=True)
 
         return self.run(x, positions, attend, decoder=True)
+
+    def _step(self, canvas, ctx_keys, ctx_values, start, soft) -> torch.Tensor:
+        return self.logits(self._decode(canvas, ctx_keys, ctx_values, start, soft))
+
+    def decoder_logits(self, canvas: torch.Tensor, context: DecoderContext, start: int,
+                       sc_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """One denoising step, decode then logits: (B, C, V) fp32, softcapped. Runs the graph that
+        compile_decoder() built when the shapes fit it, else eager; never compiles at request time."""
+        compiled = self._compiled_step
+        if compiled is None or torch.is_grad_enabled():
+            return self.logits(self.decode(canvas, context, start, sc_logits))
+        with torch.compiler.set_stance("eager_on_recompile"):
+            return compiled(*self.compiled_step_args(canvas, context, start, sc_logits))
+
+    def compiled_step_args(self, canvas: torch.Tensor, context: DecoderContext, start: int,
+                           sc_logits: torch.Tensor | None):
+        """The compiled step's arguments: the first step's zero signal as a tensor (self_condition maps
+        None to the same zeros) and the context as fresh contiguous tensors (a cache slice's strides
+        and storage offset, 0 for a prompt shorter than the sliding window, fail the graph's guards)."""
+        if sc_logits is None:
+            soft = torch.zeros(*canvas.shape, self.config.hidden_size, dtype=self.dtype, device=canvas.device)
+        else:
+            soft = self.soft_embedding(sc_logits)
+        keys = [k.clone(memory_format=torch.contiguous_format) for k in context.keys]
+        values = [v.clone(memory_format=torch.contiguous_format) for v in context.values]
+        return canvas, keys, values, start, soft
+
+    def compile_decoder(self, context: int = 300) -> float:
+        """torch.compile the denoising step (decode + logits) with symbolic canvas width, prompt
+        length and position, for batch 1 (inline completion), and warm it up now. Returns seconds
+        spent: ~40 s on one core the first time, less once inductor's on-disk cache holds the graph.
+        Other shapes (several candidates, a one-token prompt) run eager: no recompile stalls a request."""
+        import time
+
+        t0 = time.perf_counter()
+        self._compiled_step = torch.compile(self._step, dynamic=True)
+        C = self.config.canvas_length - 1  # sizes distinct from each other and > 1: nothing specialises
+        W = self.config.sliding_window
+        g = torch.Generator(device=self.device).manual_seed(0)
+        keys, values = [], []
+        for spec in self.config.layers:
+            n = W - 1 if spec.sliding else max(context, W + 7)
+            keys.append(torch.randn(1, spec.num_kv_heads, n, spec.head_dim, generator=g, device=self.device)
+                        .to(self.dtype))
+            values.append(torch.randn_like(keys[-1]))
+        canvas = torch.randint(0, self.config.vocab_size, (1, C), generator=g, device=self.device)
+        soft = torch.zeros(1, C, self.config.hidden_size, dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            self._compiled_step(canvas, keys, values, max(context, W + 7), soft)
+        return time.perf_counter() - t0
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -177,3 +177,50 @@ def test_sampling_only_free_rows_leaves_clamped_rows_alone():
     sample, argmax, entropy = noise.sample(logits, 1, rows)
     assert (entropy[~rows] == 0).all() and (entropy[rows] > 0).all()
     assert torch.equal(argmax[rows], logits.argmax(-1)[rows])
+
+
+def _step_inputs(engine, n, width, with_sc, rows=1):
+    cache = KVCache(engine.config, rows, engine.model.dtype, "cpu")
+    engine.model.encode(torch.arange(3, 3 + n).repeat(rows, 1), cache)
+    canvas = torch.arange(10, 10 + width).repeat(rows, 1)
+    sc = torch.randn(rows, width, engine.config.vocab_size, generator=torch.Generator().manual_seed(n)) \
+        if with_sc else None
+    return canvas, engine.model.decoder_context(cache, rows), cache.length, sc
+
+
+def test_compiled_decoder_step_serves_other_shapes_as_exactly_as_eager(tiny):
+    """Engine.compile builds one graph for single-row steps: it serves prompt lengths, canvas widths
+    and a first step (no self-conditioning) other than its warm-up's without recompiling, as close to
+    the fp32 truth as the eager bf16 step; a two-row step runs eager, bit for bit; infill uses it."""
+    engine = Engine.load(tiny, dtype="bfloat16")
+    truth = Engine.load(tiny, dtype="float32")
+    assert engine.compile() and "decoder step compiled" in engine.describe()
+    model = engine.model
+    with torch.no_grad():
+        for n, width, with_sc in ((40, 16, True), (7, 11, False), (90, 32, True)):
+            canvas, ctx, start, sc = _step_inputs(engine, n, width, with_sc)
+            with torch.compiler.set_stance("fail_on_recompile"):  # raises if this shape needed a new graph
+                model._compiled_step(*model.compiled_step_args(canvas, ctx, start, sc))
+            compiled = model.decoder_logits(canvas, ctx, start, sc)
+            eager = model.logits(model.decode(canvas, ctx, start, sc))
+            t_canvas, t_ctx, t_start, _ = _step_inputs(truth, n, width, False)
+            fp32 = truth.model.logits(truth.model.decode(t_canvas, t_ctx, t_start, None if sc is None else sc))
+            err_compiled, err_eager = (compiled - fp32).abs().mean(), (eager - fp32).abs().mean()
+            assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, err_compiled, err_eager)
+        canvas, ctx, start, sc = _step_inputs(engine, 20, 16, True, rows=2)
+        assert torch.equal(model.decoder_logits(canvas, ctx, start, sc),
+                           model.logits(model.decode(canvas, ctx, start, sc)))
+    assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)[0].ms > 0
+
+
+def test_a_failed_compile_leaves_the_engine_eager(tiny, monkeypatch):
+    engine = Engine.load(tiny)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(engine.model, "compile_decoder", broken)
+    assert not engine.compile()
+    assert "compile failed" in engine.describe() and "no C++ compiler" in engine.describe()
+    assert engine.model._compiled_step is None
+    assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)

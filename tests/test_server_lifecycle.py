@@ -88,6 +88,18 @@ async def test_a_dtype_change_reloads_the_model_with_progress(client):
     assert result is not None and len(result.items) == 1
 
 
+async def test_the_compile_setting_reloads_with_a_compiled_decoder_step(client):
+    ready = len(client.log_messages)
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "bfloat16", "compile": True}})
+    )
+    message = await log_containing(client, READY, timeout=300, after=ready)
+    assert "decoder step compiled" in message.message
+    doc = Doc(client, PROSE, "plaintext", ".txt")
+    result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR))
+    assert result is not None and len(result.items) == 1
+
+
 async def test_disabled_languages_get_no_completion_and_a_logged_reason(client):
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(

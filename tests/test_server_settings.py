@@ -21,6 +21,7 @@ from dgemma_ls.settings import Settings, parse_settings, section_of
         ),
         ({"prefixTokens": 64.0, "suffixTokens": 0}, Settings(prefix_tokens=64, suffix_tokens=0)),
         ({"model": "", "steps": None}, Settings()),
+        ({"compile": True}, Settings(compile=True)),
     ],
 )
 def test_valid_settings_parse_without_warnings(raw, expected):
@@ -40,6 +41,8 @@ def test_valid_settings_parse_without_warnings(raw, expected):
         ({"enabledLanguages": "python"}, "dgemma.enabledLanguages"),
         ({"debounceMs": -5}, "dgemma.debounceMs"),
         ({"model": 3}, "dgemma.model"),
+        ({"compile": "yes"}, "dgemma.compile"),
+        ({"compile": 1}, "dgemma.compile"),
         ({"bogus": 1}, "dgemma.bogus"),
     ],
 )
@@ -69,7 +72,24 @@ def test_section_of_accepts_wrapped_or_bare_sections(raw, section):
     assert section_of(raw) == section
 
 
-def test_engine_key_changes_only_with_model_device_dtype():
+def test_engine_key_changes_only_with_model_device_dtype_compile():
     base = Settings()
     assert Settings(steps=3).engine_key() == base.engine_key()
     assert Settings(dtype="float32").engine_key() != base.engine_key()
+    assert Settings(compile=True).engine_key() != base.engine_key()
+
+
+def test_the_vscode_extension_sends_only_settings_the_server_reads():
+    """editors/vscode: every contributed dgemma.* setting (but the extension's own two) is a server
+    setting, and the extension forwards exactly those."""
+    import json
+    import re
+    from pathlib import Path
+
+    from dgemma_ls.settings import _FIELDS
+
+    root = Path(__file__).parent.parent / "editors/vscode"
+    contributed = json.loads((root / "package.json").read_text())["contributes"]["configuration"]["properties"]
+    keys = {k.removeprefix("dgemma.") for k in contributed} - {"serverPath", "serverArgs"}
+    sent = set(re.findall(r'"(\w+)"', re.search(r"SERVER_KEYS = \[(.*?)\]", (root / "extension.js").read_text())[1]))
+    assert keys <= set(_FIELDS) and sent == keys

@@ -30,7 +30,7 @@
 
 (defcustom dgemma-eglot-settings '(:device "cpu" :maxMiddleTokens 48)
   "The `dgemma' settings section as a plist of camelCase keys:
-:model, :device, :dtype, :steps, :entropyBound, :maxMiddleTokens,
+:model, :device, :dtype, :compile, :steps, :entropyBound, :maxMiddleTokens,
 :enabledLanguages."
   :type 'plist)
 

@@ -40,6 +40,10 @@
   "Weight and activation precision."
   :type '(choice (const "auto") (const "float32") (const "bfloat16") (const "float16")))
 
+(defcustom lsp-dgemma-compile nil
+  "Non-nil: torch.compile the denoising step at load (~20% faster after a ~40 s first warm-up)."
+  :type 'boolean)
+
 (defcustom lsp-dgemma-steps nil
   "Denoising steps per block; nil uses the engine's default."
   :type '(choice (const nil) integer))
@@ -63,6 +67,8 @@
                         :maxMiddleTokens lsp-dgemma-max-middle-tokens)))
     (when lsp-dgemma-model
       (setq settings (plist-put settings :model lsp-dgemma-model)))
+    (when lsp-dgemma-compile
+      (setq settings (plist-put settings :compile t)))
     (when lsp-dgemma-steps
       (setq settings (plist-put settings :steps lsp-dgemma-steps)))
     (when lsp-dgemma-entropy-bound
