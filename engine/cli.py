@@ -4,6 +4,7 @@
     dgemma fill [--model DIR] FILE --line L --col C [--visual]
     dgemma infill-batch --tasks IN.jsonl --out OUT.jsonl [--model DIR]
     dgemma eval-infilling --benchmark single-line [--limit N] [--model DIR]
+    dgemma eval-loss [--model DIR] [--rows N]
     dgemma train [--out runs/NAME ...]
     dgemma export RUN DEST [--steps N] [--ignore-noise-tokens]
 """
@@ -129,6 +130,22 @@ def main(argv=None) -> int:
         state = export_model(a.run, a.dest, steps=a.steps, entropy_bound=a.entropy_bound,
                              ignore_noise_tokens=a.ignore_noise_tokens)
         print(f"exported step {state['step']} ({state['tokens'] / 1e6:.1f}M tokens) to {a.dest}")
+        return 0
+    if argv[:1] == ["eval-loss"]:
+        import json
+
+        from .api import DEFAULT_MODEL
+        from .train import heldout_loss
+
+        p = argparse.ArgumentParser(prog="dgemma eval-loss",
+                                    description="the training objective on the held-out corpus split, fixed seed")
+        p.add_argument("--model", default=str(DEFAULT_MODEL))
+        p.add_argument("--corpus", default="data/corpus")
+        p.add_argument("--rows", type=int, default=64, help="held-out rows of the trained context (default 64)")
+        p.add_argument("--seq-len", type=int, default=512, help="tokens per row (default 512, the trained context)")
+        p.add_argument("--seed", type=int, default=0)
+        a = p.parse_args(argv[1:])
+        print(json.dumps(heldout_loss(a.model, a.corpus, rows=a.rows, seq_len=a.seq_len, seed=a.seed)))
         return 0
     if argv[:1] == ["train"]:
         from .train import main as train_main

@@ -94,14 +94,14 @@ def model_config(tc: TrainConfig, vocab_size: int) -> ModelConfig:
 class Rows:
     """Endless rows of `seq_len + 1` tokens (bos, then documents separated by eos), resumable by position."""
 
-    def __init__(self, corpus: str, tokenizer: Tokenizer, seq_len: int, doc_index: int = 0):
-        self.corpus, self.tok, self.seq_len, self.doc_index = corpus, tokenizer, seq_len, doc_index
+    def __init__(self, corpus: str, tokenizer: Tokenizer, seq_len: int, doc_index: int = 0, split: str = "train"):
+        self.corpus, self.tok, self.seq_len, self.doc_index, self.split = corpus, tokenizer, seq_len, doc_index, split
         self._buffer: list[int] = []
         self._docs = self._documents()
 
     def _documents(self):
         while True:
-            for i, doc in enumerate(iter_documents(self.corpus, "train")):
+            for i, doc in enumerate(iter_documents(self.corpus, self.split)):
                 if i < self.doc_index:
                     continue
                 self.doc_index = i + 1
@@ -397,6 +397,39 @@ def train(tc: TrainConfig):
             if done:
                 break
     return model
+
+
+@torch.no_grad()
+def heldout_loss(model_dir: str | Path, corpus: str | Path = "data/corpus", *, rows: int = 64, seq_len: int = 512,
+                 batch: int = 8, seed: int = 0) -> dict:
+    """The training objective on the held-out split, with everything random fixed by `seed` (rows,
+    noise levels, noise tokens, holes): the same canvases for every checkpoint, so differences are
+    the model's. Diffusion loss without and with self-conditioning, and the encoder's next-token
+    loss, each a mean over `rows` rows of the trained context. A far finer measure of progress than
+    pass@1 while that sits at the floor. Rows are `seq_len` tokens (the embedded model's trained
+    context), at most the model's max_position_embeddings."""
+    model, config, _, root = load_model(model_dir, dtype="float32")
+    model.eval()
+    tc = TrainConfig(seq_len=min(seq_len, config.max_position_embeddings), canvas=config.canvas_length)
+    tok = Tokenizer(root / "tokenizer.json", bos_id=BOS, eos_ids=[EOS], pad_id=PAD)
+    source = Rows(str(corpus), tok, tc.seq_len, split="heldout")
+    delims = delimiter_ids(tok)
+    torch.manual_seed(seed)  # make_batch draws the noise tokens and masks from torch's RNG
+    rng = random.Random(seed)
+    totals = {"diffusion": 0.0, "diffusion_self_conditioned": 0.0, "next_token": 0.0}
+    n = 0
+    while n < rows:
+        b = make_batch([source.next_row() for _ in range(min(batch, rows - n))], tc, config.vocab_size, delims, rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as trained
+            plain, ar = losses(model, b, tc, self_condition=False)
+            conditioned, _ = losses(model, b, tc, self_condition=True)
+        k = b.tokens.shape[0]
+        totals["diffusion"] += plain.item() * k
+        totals["diffusion_self_conditioned"] += conditioned.item() * k
+        totals["next_token"] += ar.item() * k
+        n += k
+    return {"model": str(model_dir), "rows": n, "seq_len": tc.seq_len, "seed": seed,
+            **{key: round(v / n, 4) for key, v in totals.items()}}
 
 
 def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None, entropy_bound: float | None = None,
