@@ -24,7 +24,8 @@ def temperature(step: int, num_steps: int, t_min: float, t_max: float) -> float:
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) per position, (..., V) -> (...) fp32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, 0.0).sum(-1)  # a -inf logit contributes 0, not 0 * -inf = nan
 
 
 class TorchNoise:
@@ -52,7 +53,9 @@ class TorchNoise:
             cdf = probs.cumsum(-1)  # (B, C, V)
             u = torch.rand((B, C, 1), generator=self.generator, device=probs.device) * cdf[..., -1:]
             sample = torch.searchsorted(cdf, u).clamp_(max=V - 1)[..., 0]
-        return sample, processed.argmax(-1), -(probs * logp).sum(-1)
+        # a -inf logit (ignore_noise_tokens) contributes 0 to the entropy, not 0 * -inf = nan: a nan
+        # entropy ranks nowhere and is never accepted
+        return sample, processed.argmax(-1), -torch.where(probs > 0, probs * logp, 0.0).sum(-1)
 
     def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
         return self.canvas(batch, length, device)

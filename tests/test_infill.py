@@ -136,6 +136,33 @@ def test_a_trained_model_still_fills_holes_when_ignoring_noise_tokens(toy_engine
     assert toy_engine.infill("abcdefghijabcd", "hijabcdefg", max_middle_tokens=3, context_tokens=6)[0].text == "efg"
 
 
+def test_ignored_tokens_leave_entropy_finite_and_positions_accepted(toy_engine):
+    """A -inf logit (an ignored noise token) adds 0 to a row's entropy: with 0 * -inf = nan, every
+    noisy position's entropy was nan, the entropy bound accepted nothing and the last step's
+    marginals wrote the whole hole. On the engine's CPU sampler (TorchNoise with a generator)."""
+    from engine.sampler import TorchNoise, entropy
+
+    logits = torch.tensor([[[2.0, 1.0, float("-inf"), 0.5]]])
+    p = torch.softmax(torch.tensor([2.0, 1.0, 0.5]), -1)
+    expected = -(p * p.log()).sum()
+    _, _, ent = TorchNoise(4, torch.Generator().manual_seed(0)).sample(logits, 1)
+    torch.testing.assert_close(ent[0, 0], expected)
+    torch.testing.assert_close(entropy(logits)[0, 0], expected)
+
+    tok = toy_engine.tokenizer
+    gen = GenerationConfig(**{**toy_engine.generation.__dict__, "ignore_noise_tokens": True})
+    plan = plan_canvas(tok.encode("abcdefgh"), tok.encode("cdefghij"), 6, bos=2, eos=1, width=16, context=5)
+    known, clamped = torch.tensor([plan.canvas]), torch.tensor([plan.clamped])
+    cache = toy_engine.prefill(plan.prompt)
+    noise = TorchNoise(toy_engine.config.vocab_size, torch.Generator().manual_seed(0))
+    canvas = torch.where(clamped, known, noise.canvas(1, known.shape[1], "cpu"))
+    drafts = []
+    denoise(toy_engine.model, toy_engine.model.decoder_context(cache, 1), cache.length, canvas, gen, noise,
+            clamped=clamped, on_step=drafts.append)
+    assert drafts[0].accepted.any(), "no position accepted at the first step"
+    assert sum(int(d.accepted.sum()) for d in drafts) >= int((~clamped).sum())
+
+
 def test_extract_middle_deletes_fillers_and_stops_at_eos():
     assert extract_middle(torch.tensor([5, 7, 6, 7, 1, 9]), filler=7, stop_ids={1}) == [5, 6]
 
