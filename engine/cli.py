@@ -110,7 +110,8 @@ def cmd_eval(args) -> int:
 
     engine = None if args.baseline else _load(args)
     eval_infilling(engine, args.benchmark, args.limit, args.benchmarks_dir, steps=args.steps,
-                   max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json)
+                   max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json,
+                   decoder=args.decoder)
     return 0
 
 
@@ -190,6 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--baseline", action="store_true", help="score the empty completion instead of a model")
     p.add_argument("--heldout", type=int, default=None, help="also report exact match on N held-out corpus holes")
     p.add_argument("--out-json", default=None, help="summary path (default runs/eval/<benchmark>.json)")
+    p.add_argument("--decoder", default="diffusion", choices=["diffusion", "causal"],
+                   help="causal: the same checkpoint's encoder, greedy left to right from the prefix alone "
+                        "(the autoregressive baseline)")
     p.set_defaults(func=cmd_eval)
 
     args = parser.parse_args(argv)

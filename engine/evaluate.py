@@ -106,6 +106,53 @@ class Filled:
     ms: float
 
 
+class CausalBaseline:
+    """The same checkpoint decoded left to right by its causal encoder (trained with the next-token
+    loss beside the diffusion loss): greedy from the prefix alone, the suffix unseen, until a
+    newline (`one_line`), end of text or `max_middle_tokens`. The autoregressive baseline of equal
+    size and compute that the comparison needs (it is the same weights), with the engine's
+    `infill` signature so `fill` and `eval_infilling` score it unchanged. Evaluation only."""
+
+    def __init__(self, engine, *, one_line: bool):
+        self.engine, self.one_line = engine, one_line
+        self.root, self.generation = engine.root, engine.generation
+
+    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None):
+        import torch
+
+        with torch.no_grad():
+            return self._greedy(prefix, max_middle_tokens)
+
+    def _greedy(self, prefix: str, max_middle_tokens: int):
+        import torch
+
+        from .api import Infill
+        from .model import KVCache
+
+        t0 = time.perf_counter()
+        engine, tok = self.engine, self.engine.tokenizer
+        model = engine.model
+        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
+        limit = engine.config.max_position_embeddings - max_middle_tokens
+        if len(ids) > limit:  # as the engine does: bos and the most recent prefix
+            keep = 1 if tok.bos_id is not None else 0
+            ids = ids[:keep] + ids[len(ids) - (limit - keep):]
+        cache = KVCache(engine.config, 1, model.dtype, model.device)
+        hidden = model.encode(torch.tensor([ids], device=model.device), cache)
+        stops = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
+        out: list[int] = []
+        while len(out) < max_middle_tokens:
+            token = int(model.logits(hidden[:, -1]).argmax(-1))
+            if token in stops:
+                break
+            out.append(token)
+            if self.one_line and "\n" in tok.decode(out):
+                break
+            hidden = model.encode(torch.tensor([[token]], device=model.device), cache)
+        text = tok.decode(out)
+        return [Infill(text, len(out), len(out), 1.0 if out else 0.0, (time.perf_counter() - t0) * 1000, 0.0, 0)]
+
+
 def fill(engine, tasks: list[dict], *, steps: int | None, max_middle_tokens: int, kind: str | None = None,
          label: str = "infill") -> Iterator[Filled]:
     """Best middle per task, post-processed as `kind` (default: from the task id); progress
@@ -325,18 +372,22 @@ def markdown(summary: dict) -> str:
 
 def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
                    max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
-                   timeout: float = TIMEOUT_S) -> dict:
+                   timeout: float = TIMEOUT_S, decoder: str = "diffusion") -> dict:
     """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
-    the empty-completion baseline from the same run. Prints a Markdown table; writes the summary to
+    the empty-completion baseline from the same run. `decoder="causal"` scores the same checkpoint's
+    left-to-right baseline (CausalBaseline) instead. Prints a Markdown table; writes the summary to
     `out_json` (default runs/eval/<benchmark>[.baseline].json) with completions beside it."""
     if benchmark not in BENCHMARKS:
         raise EngineError(f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}")
     path = Path(benchmarks_dir or BENCHMARKS_DIR) / BENCHMARKS[benchmark]
     every_task = read_tasks(path)
     tasks = stride_subset(every_task, limit)
+    model_engine = engine
     if engine is None:
         filled = [Filled(t["task_id"], "", "", 0, 0.0, 0.0) for t in tasks]
     else:
+        if decoder == "causal":
+            engine = CausalBaseline(engine, one_line=benchmark == "single-line")
         engine.infill("def f(x):\n", "\n", max_middle_tokens=4, steps=2)  # first-call set-up, not timed
         filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens))
     t0 = time.perf_counter()
@@ -353,7 +404,7 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         "checkpoint_step": _checkpoint_step(root), "tasks": len(tasks), "limit": limit,
         "subset": "all" if len(tasks) == len(every_task) else f"stride {len(every_task)}/{len(tasks)}",
         "steps": steps if steps is not None else (engine.generation.max_denoising_steps if engine else None),
-        "max_middle_tokens": max_middle_tokens,
+        "max_middle_tokens": max_middle_tokens, "decoder": decoder,
         "pass@1": sum(o.passed for o in model_outcomes) / max(len(tasks), 1),
         "baseline_pass@1": sum(o.passed for o in baseline_outcomes) / max(len(tasks), 1),
         "timeouts": sum(o.status == "timeout" for o in model_outcomes),
@@ -363,7 +414,8 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if heldout and engine is not None:
-        summary["heldout"] = eval_heldout(engine, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens)
+        held = CausalBaseline(model_engine, one_line=True) if decoder == "causal" else engine
+        summary["heldout"] = eval_heldout(held, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens)
     print(markdown(summary))
 
     out_json = Path(out_json) if out_json else REPO / "runs/eval" / f"{benchmark}{'.baseline' if engine is None else ''}.json"

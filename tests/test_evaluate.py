@@ -151,3 +151,12 @@ def test_eval_infilling_reports_model_and_empty_baseline(engine, tmp_path):
                               out_json=tmp_path / "baseline.json")
     assert baseline["tasks"] == 1 and baseline["pass@1"] == baseline["baseline_pass@1"] == 0.0
     assert os.path.exists(tmp_path / "baseline.json")
+
+
+def test_eval_infilling_scores_the_causal_baseline_of_the_same_checkpoint(engine, tmp_path):
+    write_tasks(tmp_path / "HumanEval-SingleLineInfilling.jsonl.gz", [ADD])
+    summary = eval_infilling(engine, "single-line", None, tmp_path, steps=2, max_middle_tokens=4, heldout=None,
+                             out_json=tmp_path / "causal.json", decoder="causal")
+    assert summary["decoder"] == "causal" and summary["tasks"] == 1 and summary["tokens_per_forward"] in (0.0, 1.0)
+    completion = json.loads((tmp_path / "causal.completions.jsonl").read_text())["completion"]
+    assert completion.count("\n") <= 1  # one line at most: the single-line baseline stops at a newline

@@ -174,3 +174,13 @@ def test_prompt_level_fim_mode(tmp_path):
     results = engine.infill("def f(x):\n    return ", "\n", max_middle_tokens=8, mode="fim")
     assert results and all(isinstance(r.text, str) and r.hole == 8 for r in results)
     assert engine._cached_ids[-1] == engine.tokenizer.fim_middle_id
+
+
+def test_causal_baseline_continues_the_prefix_left_to_right(toy_engine):
+    """The evaluation's autoregressive baseline: the same weights' encoder, greedy from the prefix
+    alone (the toy was trained with the next-token loss too), stopping at max_middle_tokens."""
+    from engine.evaluate import CausalBaseline
+
+    baseline = CausalBaseline(toy_engine, one_line=True)
+    best = baseline.infill("bcdefgh", "unseen suffix", max_middle_tokens=5)[0]
+    assert best.text == "ijabc" and best.tokens == 5 and best.tokens_per_forward == 1.0
