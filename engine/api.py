@@ -105,7 +105,6 @@ class Engine:
         try:
             seconds = self.model.compile_decoder()
         except Exception as error:  # no compiler, an unsupported op: eager still works
-            self.model._compiled_step = None
             self.compiled = f"compile failed, eager: {error!r}"[:300]
             log.warning("compiling the decoder step failed; staying eager: %r", error)
             return False

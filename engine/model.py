@@ -8,6 +8,7 @@ tokenization, sampling or checkpoint files.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -389,10 +390,9 @@ class DiffusionGemma(nn.Module):
         length and position, for batch 1 (inline completion), and warm it up now. Returns seconds
         spent: ~40 s on one core the first time, less once inductor's on-disk cache holds the graph.
         Other shapes (several candidates, a one-token prompt) run eager: no recompile stalls a request."""
-        import time
-
         t0 = time.perf_counter()
-        self._compiled_step = torch.compile(self._step, dynamic=True)
+        self._compiled_step = None
+        step = torch.compile(self._step, dynamic=True)
         C = self.config.canvas_length - 1  # sizes distinct from each other and > 1: nothing specialises
         W = self.config.sliding_window
         g = torch.Generator(device=self.device).manual_seed(0)
@@ -405,7 +405,8 @@ class DiffusionGemma(nn.Module):
         canvas = torch.randint(0, self.config.vocab_size, (1, C), generator=g, device=self.device)
         soft = torch.zeros(1, C, self.config.hidden_size, dtype=self.dtype, device=self.device)
         with torch.no_grad():
-            self._compiled_step(canvas, keys, values, max(context, W + 7), soft)
+            step(canvas, keys, values, max(context, W + 7), soft)
+        self._compiled_step = step  # only once it ran: a failed warm-up leaves the model eager
         return time.perf_counter() - t0
 
     def num_parameters(self) -> int:
