@@ -146,7 +146,18 @@ def main(argv=None) -> int:
         p.add_argument("--seq-len", type=int, default=512, help="tokens per row (default 512, the trained context)")
         p.add_argument("--seed", type=int, default=0)
         a = p.parse_args(argv[1:])
-        print(json.dumps(heldout_loss(a.model, a.corpus, rows=a.rows, seq_len=a.seq_len, seed=a.seed)))
+        if not (Path(a.corpus) / "heldout.jsonl").is_file():
+            print(f"dgemma: error: {a.corpus}/heldout.jsonl not found (build it: python -m engine.corpus "
+                  f"--out {a.corpus})", file=sys.stderr)
+            return 2
+        if a.rows < 1:
+            print(f"dgemma: error: --rows must be >= 1, got {a.rows}", file=sys.stderr)
+            return 2
+        try:
+            print(json.dumps(heldout_loss(a.model, a.corpus, rows=a.rows, seq_len=a.seq_len, seed=a.seed)))
+        except EngineError as e:
+            print(f"dgemma: error: {e}", file=sys.stderr)
+            return 2
         return 0
     if argv[:1] == ["train"]:
         from .train import main as train_main

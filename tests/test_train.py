@@ -107,3 +107,13 @@ def test_heldout_loss_is_reproducible_and_falls_with_training(setup):
     assert heldout_loss(root / "trained" / "model", corpus, rows=8, seq_len=32, batch=4) == scores["trained"]
     for key in ("diffusion", "diffusion_self_conditioned", "next_token"):  # measured: 5.8 -> 3.9
         assert scores["trained"][key] < scores["init"][key] - 0.5, (key, scores)
+
+
+def test_eval_loss_cli_reports_bad_paths_without_a_traceback(setup, tmp_path, capsys):
+    from engine.cli import main as cli_main
+
+    root, _, corpus = setup
+    assert cli_main(["eval-loss", "--model", str(tmp_path / "missing"), "--corpus", corpus]) == 2
+    assert "checkpoint directory does not exist" in capsys.readouterr().err
+    assert cli_main(["eval-loss", "--corpus", str(tmp_path)]) == 2
+    assert "heldout.jsonl not found" in capsys.readouterr().err
