@@ -27,6 +27,7 @@ from .tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
+TRUNCATE_CHUNK = 128  # tokens: a too-long prompt loses whole chunks at its start (Engine.fit_prompt)
 
 
 @dataclass
@@ -142,6 +143,20 @@ class Engine:
         self._cached_ids = list(ids)
         return cache
 
+    def fit_prompt(self, ids: list[int], limit: int) -> list[int]:
+        """`ids` cut to at most `limit` tokens: bos, then the most recent prefix. The cut drops
+        whole chunks of TRUNCATE_CHUNK tokens after bos, so while the user types at the end of a
+        long prefix the kept window keeps its first token and prefill() reuses its KV cache; the
+        window moves only once per chunk typed. (Keeping exactly the last `limit` tokens slid the
+        window by a token per keystroke: a full re-encode of the prompt on every request.)"""
+        if len(ids) <= limit:
+            return ids
+        keep = 1 if self.tokenizer.bos_id is not None and ids[:1] == [self.tokenizer.bos_id] else 0
+        room = limit - keep
+        chunk = max(1, min(TRUNCATE_CHUNK, room // 4))
+        drop = -(-(len(ids) - limit) // chunk) * chunk
+        return ids[:keep] + ids[keep + drop:]
+
     def _generation(self, steps, entropy_bound) -> GenerationConfig:
         gen = GenerationConfig(**{**self.generation.__dict__})
         if steps is not None:
@@ -223,10 +238,7 @@ class Engine:
                                  tail=tail) for n in lengths]
         rows = [p for p in plans for _ in range(num_candidates)]
         prompt = plans[0].prompt
-        limit = self.config.max_position_embeddings - max(len(p.canvas) for p in plans)
-        if len(prompt) > limit:  # keep bos and the most recent prefix tokens the model can place
-            keep = 1 if tok.bos_id is not None else 0
-            prompt = prompt[:keep] + prompt[len(prompt) - (limit - keep):]
+        prompt = self.fit_prompt(prompt, self.config.max_position_embeddings - max(len(p.canvas) for p in plans))
         cache = self.prefill(prompt)
         canvas_known, clamped = stack_plans(rows, tok.pad_id or 0, self.model.device)
         noise = self._noise(seed, exact)

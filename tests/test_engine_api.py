@@ -224,3 +224,31 @@ def test_a_failed_compile_leaves_the_engine_eager(tiny, monkeypatch):
     assert "compile failed" in engine.describe() and "no C++ compiler" in engine.describe()
     assert engine.model._compiled_step is None
     assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)
+
+
+def test_a_long_prompt_keeps_its_start_while_the_user_types(engine, monkeypatch):
+    """Past the model's positions the prompt loses whole chunks at its start, so typing at the
+    end re-encodes a few tokens, not the whole window (the KV cache is reused)."""
+    monkeypatch.setattr(engine.config, "max_position_embeddings", 128)
+    prefix = "".join(f"value_{i} = compute({i})\n" for i in range(60))
+    engine.infill(prefix, "\n", max_middle_tokens=8)
+    start = engine._cached_ids[:8]
+    encoded = []
+    for typed in ("r", "re", "res", "resu", "resul", "result"):
+        before = engine.encoded_tokens
+        engine.infill(prefix + typed, "\n", max_middle_tokens=8)
+        encoded.append(engine.encoded_tokens - before)
+        assert len(engine._cached_ids) <= 128 - 8
+    assert engine._cached_ids[:8] == start  # the same window start: no slide per keystroke
+    assert max(encoded) <= 8, encoded  # a few tokens per keystroke, not the ~100-token window
+
+
+def test_fit_prompt_drops_whole_chunks_after_bos(engine):
+    bos = engine.tokenizer.bos_id
+    ids = [bos] + list(range(10, 1010))
+    fitted = engine.fit_prompt(ids, 500)
+    assert fitted[0] == bos and len(fitted) <= 500 and fitted[-1] == ids[-1]
+    assert fitted[1:] == ids[len(ids) - (len(fitted) - 1):]  # the most recent tokens, contiguous
+    chunk = min(128, 499 // 4)  # TRUNCATE_CHUNK, at most a quarter of the room after bos
+    assert (len(ids) - len(fitted)) % chunk == 0 and len(fitted) > 500 - chunk  # dropped: whole chunks, no more
+    assert engine.fit_prompt(ids[:400], 500) == ids[:400]
