@@ -133,10 +133,7 @@ class CausalBaseline:
         engine, tok = self.engine, self.engine.tokenizer
         model = engine.model
         ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
-        limit = engine.config.max_position_embeddings - max_middle_tokens
-        if len(ids) > limit:  # as the engine does: bos and the most recent prefix
-            keep = 1 if tok.bos_id is not None else 0
-            ids = ids[:keep] + ids[len(ids) - (limit - keep):]
+        ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - max_middle_tokens)
         cache = KVCache(engine.config, 1, model.dtype, model.device)
         hidden = model.encode(torch.tensor([ids], device=model.device), cache)
         stops = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
