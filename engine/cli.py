@@ -4,7 +4,7 @@
     dgemma fill [--model DIR] FILE --line L --col C [--visual]
     dgemma infill-batch --tasks IN.jsonl --out OUT.jsonl [--model DIR]
     dgemma eval-infilling --benchmark single-line [--limit N] [--model DIR]
-    dgemma eval-loss [--model DIR] [--rows N]
+    dgemma eval-loss [--model DIR] [--rows N] [--compare DIR]
     dgemma train [--out runs/NAME ...]
     dgemma export RUN DEST [--steps N] [--ignore-noise-tokens]
 """
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         import json
 
         from .api import DEFAULT_MODEL
-        from .train import heldout_loss
+        from .train import heldout_loss, paired_difference
 
         p = argparse.ArgumentParser(prog="dgemma eval-loss",
                                     description="the training objective on the held-out corpus split, fixed seed")
@@ -145,6 +145,8 @@ def main(argv=None) -> int:
         p.add_argument("--rows", type=int, default=64, help="held-out rows of the trained context (default 64)")
         p.add_argument("--seq-len", type=int, default=512, help="tokens per row (default 512, the trained context)")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--compare", metavar="DIR", default=None,
+                       help="also score DIR on the same rows; print the paired difference DIR - MODEL per loss")
         a = p.parse_args(argv[1:])
         if not (Path(a.corpus) / "heldout.jsonl").is_file():
             print(f"dgemma: error: {a.corpus}/heldout.jsonl not found (build it: python -m engine.corpus "
@@ -154,7 +156,12 @@ def main(argv=None) -> int:
             print(f"dgemma: error: --rows must be >= 1, got {a.rows}", file=sys.stderr)
             return 2
         try:
-            print(json.dumps(heldout_loss(a.model, a.corpus, rows=a.rows, seq_len=a.seq_len, seed=a.seed)))
+            scores = [heldout_loss(m, a.corpus, rows=a.rows, seq_len=a.seq_len, seed=a.seed)
+                      for m in [a.model] + ([a.compare] if a.compare else [])]
+            for score in scores:
+                print(json.dumps({k: v for k, v in score.items() if k != "per_batch"}))
+            if a.compare:
+                print(json.dumps({"difference": f"{a.compare} - {a.model}", **paired_difference(*scores)}))
         except EngineError as e:
             print(f"dgemma: error: {e}", file=sys.stderr)
             return 2

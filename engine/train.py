@@ -417,6 +417,7 @@ def heldout_loss(model_dir: str | Path, corpus: str | Path = "data/corpus", *, r
     torch.manual_seed(seed)  # make_batch draws the noise tokens and masks from torch's RNG
     rng = random.Random(seed)
     totals = {"diffusion": 0.0, "diffusion_self_conditioned": 0.0, "next_token": 0.0}
+    per_batch: dict[str, list[float]] = {key: [] for key in totals}
     n = 0
     while n < rows:
         b = make_batch([source.next_row() for _ in range(min(batch, rows - n))], tc, config.vocab_size, delims, rng)
@@ -424,12 +425,27 @@ def heldout_loss(model_dir: str | Path, corpus: str | Path = "data/corpus", *, r
             plain, ar = losses(model, b, tc, self_condition=False)
             conditioned, _ = losses(model, b, tc, self_condition=True)
         k = b.tokens.shape[0]
-        totals["diffusion"] += plain.item() * k
-        totals["diffusion_self_conditioned"] += conditioned.item() * k
-        totals["next_token"] += ar.item() * k
+        for key, value in (("diffusion", plain), ("diffusion_self_conditioned", conditioned), ("next_token", ar)):
+            totals[key] += value.item() * k
+            per_batch[key].append(value.item())
         n += k
     return {"model": str(model_dir), "rows": n, "seq_len": tc.seq_len, "seed": seed,
-            **{key: round(v / n, 4) for key, v in totals.items()}}
+            **{key: round(v / n, 4) for key, v in totals.items()}, "per_batch": per_batch}
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """b - a per loss over the same held-out batches (the same seed and rows): the mean difference
+    and its standard error across batches. A difference beyond ~2 standard errors is the model's,
+    not the sample's."""
+    if (a["rows"], a["seq_len"], a["seed"]) != (b["rows"], b["seq_len"], b["seed"]):
+        raise ValueError("compare scores of the same rows, seq_len and seed")
+    out = {}
+    for key, xs in a["per_batch"].items():
+        d = [y - x for x, y in zip(xs, b["per_batch"][key])]
+        mean = sum(d) / len(d)
+        se = (sum((v - mean) ** 2 for v in d) / max(1, len(d) - 1) / len(d)) ** 0.5
+        out[key] = {"difference": round(mean, 4), "standard_error": round(se, 4)}
+    return out
 
 
 def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None, entropy_bound: float | None = None,

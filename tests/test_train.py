@@ -8,7 +8,7 @@ import pytest
 
 from engine import Engine
 from engine.tiny import write_tiny_checkpoint
-from engine.train import TrainConfig, export_model, heldout_loss, train
+from engine.train import TrainConfig, export_model, heldout_loss, paired_difference, train
 
 SMALL = dict(seq_len=32, canvas=16, batch=2, max_middle=6, hidden_size=32, layers=2, heads=2, kv_heads=1,
              head_dim=16, intermediate_size=64, experts=2, top_k=1, moe_intermediate_size=32, sliding_window=16,
@@ -105,8 +105,10 @@ def test_heldout_loss_is_reproducible_and_falls_with_training(setup):
                           **SMALL))
         scores[name] = heldout_loss(root / name / "model", corpus, rows=8, seq_len=32, batch=4)
     assert heldout_loss(root / "trained" / "model", corpus, rows=8, seq_len=32, batch=4) == scores["trained"]
+    paired = paired_difference(scores["init"], scores["trained"])
     for key in ("diffusion", "diffusion_self_conditioned", "next_token"):  # measured: 5.8 -> 3.9
         assert scores["trained"][key] < scores["init"][key] - 0.5, (key, scores)
+        assert paired[key]["difference"] < -2 * paired[key]["standard_error"] < 0, paired
 
 
 def test_eval_loss_cli_reports_bad_paths_without_a_traceback(setup, tmp_path, capsys):
