@@ -357,8 +357,8 @@ def markdown(summary: dict) -> str:
              f"{_fmt(s['tokens_per_forward'], '.2f')} | {_fmt(s['ms_p50'], '.0f')} | {_fmt(s['ms_mean'], '.0f')} |")]
     held = s.get("heldout")
     if held:
-        rows += ["", "| held-out corpus holes | holes | exact match | edit similarity | tokens/forward | ms/task p50 "
-                     "| ms/task mean |",
+        rows += ["", ("| held-out corpus holes | holes | exact match | edit similarity | tokens/forward "
+                      "| ms/task p50 | ms/task mean |"),
                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
                  (f"| single line, python | {held['holes']} | {held['exact_match']:.3f} | "
                   f"{_fmt(held.get('edit_similarity'), '.3f')} | "
