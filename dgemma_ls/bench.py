@@ -26,11 +26,6 @@ from pygls.lsp.client import LanguageClient
 READY = "model ready"
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
-
-
 def position(text: str, offset: int) -> types.Position:
     """Held-out python is mostly ASCII; count UTF-16 code units to be exact anyway."""
     line = text.count("\n", 0, offset)
@@ -55,7 +50,8 @@ async def run(args) -> dict[str, list[float]]:
     settings = {"debounceMs": 0, "compile": args.compile}
     if args.steps is not None:
         settings["steps"] = args.steps
-    command = [sys.executable, "-m", "dgemma_ls", "--log-level", args.log_level] + (["--model", args.model] if args.model else [])
+    command = [sys.executable, "-m", "dgemma_ls", "--log-level", args.log_level]
+    command += ["--model", args.model] if args.model else []
     await client.start_io(*command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     capabilities = types.ClientCapabilities(
         text_document=types.TextDocumentClientCapabilities(
@@ -118,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server (default 1)")
     parser.add_argument("--log-level", default="WARNING", help="the server's --log-level (its log goes to stderr)")
     args = parser.parse_args(argv)
+    from engine.bench import pct
+
     times = asyncio.run(run(args))
     steps = args.steps if args.steps is not None else "model default"
     print(f"| case | requests | ms p50 | ms p95 | ms mean |  (steps: {steps}; compile: {args.compile}; "
