@@ -331,6 +331,10 @@ class DiffusionGemma(nn.Module):
             k, v = cache.keys[i][:, :, start:L], cache.values[i][:, :, start:L]
             if k.shape[0] != batch:
                 k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+            if self._compiled_step is not None:
+                # fresh contiguous tensors, once per canvas: a cache slice's strides and storage
+                # offset (0 for a prompt shorter than the window) would fail the compiled graph's guards
+                k, v = k.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
             keys.append(k)
             values.append(v)
         return DecoderContext(keys, values)
@@ -375,15 +379,12 @@ class DiffusionGemma(nn.Module):
     def compiled_step_args(self, canvas: torch.Tensor, context: DecoderContext, start: int,
                            sc_logits: torch.Tensor | None):
         """The compiled step's arguments: the first step's zero signal as a tensor (self_condition maps
-        None to the same zeros) and the context as fresh contiguous tensors (a cache slice's strides
-        and storage offset, 0 for a prompt shorter than the sliding window, fail the graph's guards)."""
+        None to the same zeros); decoder_context() already gave the context as contiguous tensors."""
         if sc_logits is None:
             soft = torch.zeros(*canvas.shape, self.config.hidden_size, dtype=self.dtype, device=canvas.device)
         else:
             soft = self.soft_embedding(sc_logits)
-        keys = [k.clone(memory_format=torch.contiguous_format) for k in context.keys]
-        values = [v.clone(memory_format=torch.contiguous_format) for v in context.values]
-        return canvas, keys, values, start, soft
+        return canvas, context.keys, context.values, start, soft
 
     def compile_decoder(self, context: int = 300) -> float:
         """torch.compile the denoising step (decode + logits) with symbolic canvas width, prompt
