@@ -24,8 +24,13 @@ def temperature(step: int, num_steps: int, t_min: float, t_max: float) -> float:
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) per position, (..., V) -> (...) fp32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, 0.0).sum(-1)  # a -inf logit contributes 0, not 0 * -inf = nan
+    return entropy_of(logp.exp(), logp)
+
+
+def entropy_of(probs: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """-sum p log p over the last dim; a -inf logit (ignore_noise_tokens) contributes 0, not
+    0 * -inf = nan (a nan entropy ranks nowhere and is never accepted)."""
+    return -torch.where(probs > 0, probs * logp, 0.0).sum(-1)
 
 
 class TorchNoise:
@@ -53,9 +58,7 @@ class TorchNoise:
             cdf = probs.cumsum(-1)  # (B, C, V)
             u = torch.rand((B, C, 1), generator=self.generator, device=probs.device) * cdf[..., -1:]
             sample = torch.searchsorted(cdf, u).clamp_(max=V - 1)[..., 0]
-        # a -inf logit (ignore_noise_tokens) contributes 0 to the entropy, not 0 * -inf = nan: a nan
-        # entropy ranks nowhere and is never accepted
-        return sample, processed.argmax(-1), -torch.where(probs > 0, probs * logp, 0.0).sum(-1)
+        return sample, processed.argmax(-1), entropy_of(probs, logp)
 
     def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
         return self.canvas(batch, length, device)
