@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import random
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -442,9 +443,8 @@ def paired_difference(a: dict, b: dict) -> dict:
     out = {}
     for key, xs in a["per_batch"].items():
         d = [y - x for x, y in zip(xs, b["per_batch"][key])]
-        mean = sum(d) / len(d)
-        se = (sum((v - mean) ** 2 for v in d) / max(1, len(d) - 1) / len(d)) ** 0.5
-        out[key] = {"difference": round(mean, 4), "standard_error": round(se, 4)}
+        se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+        out[key] = {"difference": round(statistics.fmean(d), 4), "standard_error": round(se, 4)}
     return out
 
 
