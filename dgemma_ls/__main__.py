@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level",
         default="WARNING",
+        type=str.upper,  # --log-level debug works too
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="level of the log written to stderr (default: WARNING)",
     )

@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="the dgemma.steps setting (default: the model's)")
     parser.add_argument("--compile", action="store_true", help="the dgemma.compile setting")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server (default 1)")
-    parser.add_argument("--log-level", default="WARNING", help="the server's --log-level (its log goes to stderr)")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the server's --log-level (its log goes to stderr)")
     args = parser.parse_args(argv)
     from engine.bench import pct
 

@@ -207,7 +207,7 @@ def bench_infill(engine: Engine, requests, steps: int | None, threads: int) -> l
     finally:
         torch.set_num_threads(previous)
     label = f"{steps if steps is not None else engine.generation.max_denoising_steps}"
-    step = "compiled" if engine.model._compiled_step is not None else "eager"
+    step = "compiled" if engine.model.compiled_step is not None else "eager"
     return [label + ("" if steps is not None else " (default)"), step, threads, len(requests),
             f"{statistics.median(ms):.0f}", f"{pct(ms, 0.95):.0f}", f"{statistics.fmean(ms):.0f}",
             f"{statistics.fmean(forwards):.1f}", f"{statistics.fmean(tpf):.2f}"]

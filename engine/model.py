@@ -8,7 +8,6 @@ tokenization, sampling or checkpoint files.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -233,7 +232,7 @@ class DiffusionGemma(nn.Module):
         self.sc_up = nn.Linear(H, I, bias=False)
         self.sc_down = nn.Linear(I, H, bias=False)
         self._inv_freq = {spec: rope_inv_freq(spec) for spec in set(config.layers)}
-        self._compiled_step = None  # compile_decoder()
+        self.compiled_step = None  # engine.generate.compile_step: the fused denoising step
 
     @property
     def dtype(self) -> torch.dtype:
@@ -331,7 +330,7 @@ class DiffusionGemma(nn.Module):
             k, v = cache.keys[i][:, :, start:L], cache.values[i][:, :, start:L]
             if k.shape[0] != batch:
                 k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
-            if self._compiled_step is not None:
+            if self.compiled_step is not None:
                 # fresh contiguous tensors, once per canvas: a cache slice's strides and storage
                 # offset (0 for a prompt shorter than the window) would fail the compiled graph's guards
                 k, v = k.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
@@ -345,10 +344,11 @@ class DiffusionGemma(nn.Module):
 
         Self-conditioning comes from the previous step's logits (`sc_logits`); none on the first step."""
         soft = None if sc_logits is None else self.soft_embedding(sc_logits)
-        return self._decode(canvas, context.keys, context.values, start, soft)
+        return self.decode_soft(canvas, context.keys, context.values, start, soft)
 
-    def _decode(self, canvas: torch.Tensor, ctx_keys: list[torch.Tensor], ctx_values: list[torch.Tensor],
-                start: int, soft: torch.Tensor | None) -> torch.Tensor:
+    def decode_soft(self, canvas: torch.Tensor, ctx_keys: list[torch.Tensor], ctx_values: list[torch.Tensor],
+                    start: int, soft: torch.Tensor | None) -> torch.Tensor:
+        """`decode` given the self-conditioning input itself (B, C, H), None or zeros on the first step."""
         B, C = canvas.shape
         positions = torch.arange(start, start + C, device=canvas.device)[None]
         x = self.self_condition(self.embed_tokens(canvas), soft)
@@ -363,52 +363,10 @@ class DiffusionGemma(nn.Module):
 
         return self.run(x, positions, attend, decoder=True)
 
-    def _step(self, canvas, ctx_keys, ctx_values, start, soft) -> torch.Tensor:
-        return self.logits(self._decode(canvas, ctx_keys, ctx_values, start, soft))
-
     def decoder_logits(self, canvas: torch.Tensor, context: DecoderContext, start: int,
                        sc_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """One denoising step, decode then logits: (B, C, V) fp32, softcapped. Runs the graph that
-        compile_decoder() built when the shapes fit it, else eager; never compiles at request time."""
-        compiled = self._compiled_step
-        if compiled is None or torch.is_grad_enabled():
-            return self.logits(self.decode(canvas, context, start, sc_logits))
-        with torch.compiler.set_stance("eager_on_recompile"):
-            return compiled(*self.compiled_step_args(canvas, context, start, sc_logits))
-
-    def compiled_step_args(self, canvas: torch.Tensor, context: DecoderContext, start: int,
-                           sc_logits: torch.Tensor | None):
-        """The compiled step's arguments: the first step's zero signal as a tensor (self_condition maps
-        None to the same zeros); decoder_context() already gave the context as contiguous tensors."""
-        if sc_logits is None:
-            soft = torch.zeros(*canvas.shape, self.config.hidden_size, dtype=self.dtype, device=canvas.device)
-        else:
-            soft = self.soft_embedding(sc_logits)
-        return canvas, context.keys, context.values, start, soft
-
-    def compile_decoder(self, context: int = 300) -> float:
-        """torch.compile the denoising step (decode + logits) with symbolic canvas width, prompt
-        length and position, for batch 1 (inline completion), and warm it up now. Returns seconds
-        spent: ~40 s on one core the first time, less once inductor's on-disk cache holds the graph.
-        Other shapes (several candidates, a one-token prompt) run eager: no recompile stalls a request."""
-        t0 = time.perf_counter()
-        self._compiled_step = None
-        step = torch.compile(self._step, dynamic=True)
-        C = self.config.canvas_length - 1  # sizes distinct from each other and > 1: nothing specialises
-        W = self.config.sliding_window
-        g = torch.Generator(device=self.device).manual_seed(0)
-        keys, values = [], []
-        for spec in self.config.layers:
-            n = W - 1 if spec.sliding else max(context, W + 7)
-            keys.append(torch.randn(1, spec.num_kv_heads, n, spec.head_dim, generator=g, device=self.device)
-                        .to(self.dtype))
-            values.append(torch.randn_like(keys[-1]))
-        canvas = torch.randint(0, self.config.vocab_size, (1, C), generator=g, device=self.device)
-        soft = torch.zeros(1, C, self.config.hidden_size, dtype=self.dtype, device=self.device)
-        with torch.no_grad():
-            step(canvas, keys, values, max(context, W + 7), soft)
-        self._compiled_step = step  # only once it ran: a failed warm-up leaves the model eager
-        return time.perf_counter() - t0
+        """One denoising step's logits, decode then logits: (B, C, V) fp32, softcapped."""
+        return self.logits(self.decode(canvas, context, start, sc_logits))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -63,6 +63,41 @@ class TorchNoise:
     def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
         return self.canvas(batch, length, device)
 
+    def uniforms(self, rows: torch.Tensor) -> torch.Tensor:
+        """The uniforms `sample(…, rows)` would draw with a private generator, (B, C) fp32, drawn in the
+        same order (one per position in `rows`, 0 elsewhere): for sample_step, which takes them as input."""
+        out = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
+        out[rows] = torch.rand((1, int(rows.sum()), 1), generator=self.generator, device=rows.device).view(-1)
+        return out
+
+
+def sample_step(logits: torch.Tensor, canvas: torch.Tensor, clamped: torch.Tensor, noised: torch.Tensor,
+                temperature: torch.Tensor, uniform: torch.Tensor, renoise_tokens: torch.Tensor,
+                bound: torch.Tensor, ignore_noise_tokens: bool):
+    """A denoising step's decisions from its logits (B, C, V) as one traceable function, so that
+    torch.compile fuses them with the decoder pass: what `denoise`'s eager loop computes with a
+    private-generator TorchNoise, given the uniforms it would draw (TorchNoise.uniforms).
+
+    Returns (next canvas, accepted, argmax with clamped positions kept, entropy (0 where clamped),
+    probabilities (B, C, V) fp32 for the next step's self-conditioning, log p of the argmax)."""
+    V = logits.shape[-1]
+    processed = logits / temperature
+    if ignore_noise_tokens:
+        index = canvas[..., None]
+        current = processed.gather(-1, index).masked_fill(noised[..., None], float("-inf"))
+        processed = processed.scatter(-1, index, current)
+    logp = torch.log_softmax(processed, dim=-1)
+    probs = logp.exp()
+    cdf = probs.cumsum(-1)
+    # the inverse CDF as a count (= searchsorted's left insertion point), which fuses into one pass
+    sample = (cdf < uniform[..., None] * cdf[..., -1:]).sum(-1).clamp(max=V - 1)
+    free = ~clamped
+    argmax = torch.where(clamped, canvas, processed.argmax(-1))
+    ent = torch.where(free, entropy_of(probs, logp), 0.0)
+    new_canvas, accepted = kernels.entropy_accept(ent, canvas, torch.where(free, sample, 0), clamped, bound,
+                                                  renoise_tokens)
+    return new_canvas, accepted, argmax, ent, probs, logp.gather(-1, argmax[..., None])[..., 0]
+
 
 class CounterNoise:
     """Stateless noise keyed by (seed, canvas index, step, position): fused sampling, reproducible anywhere."""

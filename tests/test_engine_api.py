@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
 
 from engine import Cancelled, Engine, EngineError
 from engine.cli import main as cli_main
+import engine.generate as engine_generate
+from engine.generate import denoise, fused_step
 from engine.model import KVCache
+from engine.sampler import TorchNoise
 from engine.tiny import write_tiny_checkpoint
 
 
@@ -179,37 +184,78 @@ def test_sampling_only_free_rows_leaves_clamped_rows_alone():
     assert torch.equal(argmax[rows], logits.argmax(-1)[rows])
 
 
-def _step_inputs(engine, n, width, with_sc, rows=1):
-    cache = KVCache(engine.config, rows, engine.model.dtype, "cpu")
-    engine.model.encode(torch.arange(3, 3 + n).repeat(rows, 1), cache)
-    canvas = torch.arange(10, 10 + width).repeat(rows, 1)
-    sc = torch.randn(rows, width, engine.config.vocab_size, generator=torch.Generator().manual_seed(n)) \
-        if with_sc else None
-    return canvas, engine.model.decoder_context(cache, rows), cache.length, sc
+def _step_inputs(engine, n, width, first_step, rows=1):
+    """A prompt of n tokens in the cache and one denoising step's inputs for a canvas of `width`
+    whose first third is clamped (as infill builds it): fused_step's arguments after the model."""
+    model = engine.model
+    cache = KVCache(engine.config, rows, model.dtype, "cpu")
+    model.encode(torch.arange(3, 3 + n).repeat(rows, 1), cache)
+    g = torch.Generator().manual_seed(n)
+    canvas = torch.randint(0, engine.config.vocab_size, (rows, width), generator=g)
+    clamped = torch.zeros_like(canvas, dtype=torch.bool)
+    clamped[:, : width // 3] = True
+    soft = torch.zeros(rows, width, engine.config.hidden_size) if first_step else \
+        model.soft_embedding(torch.randn(rows, width, engine.config.vocab_size, generator=g)).float()
+    ctx = model.decoder_context(cache, rows)
+    return (canvas, ctx.keys, ctx.values, cache.length, soft.to(model.dtype), clamped, ~clamped,
+            torch.tensor(0.6), torch.rand((rows, width), generator=g),
+            torch.randint(0, engine.config.vocab_size, (rows, width), generator=g), torch.tensor(0.1),
+            engine.generation.ignore_noise_tokens)
 
 
-def test_compiled_decoder_step_serves_other_shapes_as_exactly_as_eager(tiny):
+@pytest.mark.parametrize("ignore_noise_tokens", [True, False])
+def test_the_fused_step_makes_the_eager_loops_decisions(tiny, ignore_noise_tokens):
+    """fused_step (what Engine.compile compiles) run uncompiled on fp32 weights denoises a clamped
+    canvas to the same tokens, step counts and scores as the eager loop, from the same draws."""
+    engine = Engine.load(tiny, dtype="float32")
+    model = engine.model
+    gen = dataclasses.replace(engine.generation, ignore_noise_tokens=ignore_noise_tokens, max_denoising_steps=6)
+    cache = KVCache(engine.config, 1, model.dtype, "cpu")
+    model.encode(torch.arange(3, 40)[None], cache)
+    known = torch.arange(100, 124)[None]
+    clamped = torch.zeros_like(known, dtype=torch.bool)
+    clamped[:, :5] = clamped[:, -7:] = True
+
+    def run():
+        noise = TorchNoise(engine.config.vocab_size, torch.Generator().manual_seed(3))
+        canvas = torch.where(clamped, known, noise.canvas(1, 24, "cpu"))
+        steps = []
+        result = denoise(model, model.decoder_context(cache, 1), cache.length, canvas, gen, noise, clamped=clamped,
+                         on_step=lambda d: steps.append((d.canvas.clone(), d.accepted.clone())))
+        return result, steps
+
+    eager, eager_steps = run()
+    model.compiled_step = partial(fused_step, model)
+    fused, fused_steps = run()
+    assert torch.equal(fused.argmax, eager.argmax) and torch.equal(fused.forwards, eager.forwards)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fused_steps, eager_steps))
+    assert len(fused_steps) == len(eager_steps) and any(accepted.any() for _, accepted in eager_steps)
+    torch.testing.assert_close(fused.logprob[~clamped], eager.logprob[~clamped])
+
+
+def test_the_compiled_step_serves_other_shapes_as_exactly_as_eager(tiny):
     """Engine.compile builds one graph for single-row steps: it serves prompt lengths, canvas widths
-    and a first step (no self-conditioning) other than its warm-up's without recompiling, as close to
-    the fp32 truth as the eager bf16 step; a two-row step runs eager, bit for bit; infill uses it."""
+    and a first step other than its warm-up's without recompiling, as close to the fp32 truth as
+    the same step run eager in bf16; two candidate rows run the eager loop, bit for bit."""
     engine = Engine.load(tiny, dtype="bfloat16")
     truth = Engine.load(tiny, dtype="float32")
-    assert engine.compile() and "decoder step compiled" in engine.describe()
-    model = engine.model
+    assert engine.compile() and "denoising step compiled" in engine.describe()
+    graph = engine.model.compiled_step.graph
     with torch.no_grad():
-        for n, width, with_sc in ((40, 16, True), (7, 11, False), (90, 32, True)):
-            canvas, ctx, start, sc = _step_inputs(engine, n, width, with_sc)
+        for n, width, first_step in ((40, 16, False), (7, 11, True), (90, 32, False)):
+            args = _step_inputs(engine, n, width, first_step)
             with torch.compiler.set_stance("fail_on_recompile"):  # raises if this shape needed a new graph
-                model._compiled_step(*model.compiled_step_args(canvas, ctx, start, sc))
-            compiled = model.decoder_logits(canvas, ctx, start, sc)
-            eager = model.logits(model.decode(canvas, ctx, start, sc))
-            t_canvas, t_ctx, t_start, _ = _step_inputs(truth, n, width, False)
-            fp32 = truth.model.logits(truth.model.decode(t_canvas, t_ctx, t_start, None if sc is None else sc))
-            err_compiled, err_eager = (compiled - fp32).abs().mean(), (eager - fp32).abs().mean()
-            assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, err_compiled, err_eager)
-        canvas, ctx, start, sc = _step_inputs(engine, 20, 16, True, rows=2)
-        assert torch.equal(model.decoder_logits(canvas, ctx, start, sc),
-                           model.logits(model.decode(canvas, ctx, start, sc)))
+                compiled = graph(*args)
+            eager = fused_step(engine.model, *args)
+            exact = fused_step(truth.model, *_step_inputs(truth, n, width, first_step))
+            for i in (3, 4, 5):  # entropy, next self-conditioning input, log p(argmax)
+                err_compiled = (compiled[i].float() - exact[i]).abs().mean()
+                err_eager = (eager[i].float() - exact[i]).abs().mean()
+                assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, i, err_compiled, err_eager)
+    plain = Engine.load(tiny, dtype="bfloat16")
+    two = dict(max_middle_tokens=6, num_candidates=2)
+    assert [c.text for c in engine.infill("def add(a, b):\n    return ", "\n", **two)] == \
+        [c.text for c in plain.infill("def add(a, b):\n    return ", "\n", **two)]
     assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)[0].ms > 0
 
 
@@ -219,10 +265,10 @@ def test_a_failed_compile_leaves_the_engine_eager(tiny, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(engine.model, "compile_decoder", broken)
+    monkeypatch.setattr(engine_generate, "fused_step", broken)  # fails inside compile_step's warm-up
     assert not engine.compile()
     assert "compile failed" in engine.describe() and "no C++ compiler" in engine.describe()
-    assert engine.model._compiled_step is None
+    assert engine.model.compiled_step is None
     assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)
 
 

@@ -94,7 +94,7 @@ async def test_the_compile_setting_reloads_with_a_compiled_decoder_step(client):
         types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "bfloat16", "compile": True}})
     )
     message = await log_containing(client, READY, timeout=300, after=ready)
-    assert "decoder step compiled" in message.message
+    assert "denoising step compiled" in message.message
     doc = Doc(client, PROSE, "plaintext", ".txt")
     result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR))
     assert result is not None and len(result.items) == 1
