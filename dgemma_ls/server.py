@@ -139,14 +139,16 @@ class DgemmaServer(LanguageServer):
                 self.progress(types.ProgressParams(token=token, value=value))
 
         report(types.WorkDoneProgressBegin(title="dgemma: loading model", message=what, percentage=0))
-        compiling = ", compiling the decoder step (~40 s the first time)" if self.settings.compile else ""
+        compiling = ", then compiling the denoising step in the background" if self.settings.compile else ""
         self.log_to_client(
             types.MessageType.Info,
             f"dgemma: loading {what} ({self.settings.device}, {self.settings.dtype}{compiling})",
         )
+        loop = asyncio.get_running_loop()
         try:
             description = await asyncio.wrap_future(
-                self.worker.load(path, self.settings.device, self.settings.dtype, self.settings.compile)
+                self.worker.load(path, self.settings.device, self.settings.dtype, self.settings.compile,
+                                 on_compiled=lambda text: loop.call_soon_threadsafe(self.compiled, text))
             )
         except Cancelled:
             report(types.WorkDoneProgressEnd(message="superseded by a newer model load"))
@@ -161,6 +163,10 @@ class DgemmaServer(LanguageServer):
         await self.warm_up()
         report(types.WorkDoneProgressEnd(message=f"ready: {description}"))
         self.log_to_client(types.MessageType.Info, f"dgemma: model ready: {description}")
+
+    def compiled(self, description: str) -> None:
+        """The background compile finished: say how it went (the description says which)."""
+        self.log_to_client(types.MessageType.Info, f"dgemma: compile finished: {description}")
 
     async def warm_up(self) -> None:
         """One tiny infill so the first real request does not pay for lazy initialisation."""

@@ -20,7 +20,7 @@ class Settings:
     model: str | None = None  # checkpoint directory; None -> the --model flag, else the embedded model
     device: str = "cpu"
     dtype: str = "auto"
-    compile: bool = False  # torch.compile the denoising step at load (Engine.compile)
+    compile: bool = True  # torch.compile the denoising step in the background after a load (Engine.compile)
     steps: int | None = None  # denoising steps per block; None -> the engine's default
     entropy_bound: float | None = None
     max_middle_tokens: int = 48

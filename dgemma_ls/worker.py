@@ -7,6 +7,8 @@ the engine polls every denoising step. Knows nothing about LSP or documents.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
@@ -37,8 +39,14 @@ class ModelWorker:
     def closing(self) -> bool:
         return self._closing.is_set()
 
-    def load(self, path: str | None, device: str, dtype: str, compile: bool = False) -> Future[str]:
-        """Replace the engine; resolves to its one-line description or raises EngineError."""
+    def load(self, path: str | None, device: str, dtype: str, compile: bool = False,
+             on_compiled: Callable[[str], None] | None = None) -> Future[str]:
+        """Replace the engine; resolves to its one-line description or raises EngineError.
+
+        With `compile`, the engine serves eager at once while its denoising step compiles on a
+        background thread (Engine.compile: ~10-40 s of one core, at low priority); the compiled
+        step takes over from the next request on, and `on_compiled(description)` reports the
+        outcome (called on that thread), unless a newer load superseded this one."""
         self._load_generation += 1
         generation = self._load_generation
         self.engine = None
@@ -49,7 +57,7 @@ class ModelWorker:
             if generation != self._load_generation or self._closing.is_set():
                 raise Cancelled("a newer model load superseded this one")
             try:
-                engine = Engine.load(path, device=device, dtype=dtype, compile=compile)
+                engine = Engine.load(path, device=device, dtype=dtype)
             except EngineError as error:
                 if generation == self._load_generation:
                     self.unavailable_reason = f"the model failed to load: {error}"
@@ -62,9 +70,23 @@ class ModelWorker:
                 raise Cancelled("a newer model load superseded this one")
             self.engine = engine
             self.description = engine.describe()
+            if compile:
+                threading.Thread(target=self._compile, args=(engine, generation, on_compiled),
+                                 name="dgemma-compile", daemon=True).start()
             return self.description
 
         return self._pool.submit(task)
+
+    def _compile(self, engine: Engine, generation: int, on_compiled: Callable[[str], None] | None) -> None:
+        """Engine.compile off the model thread. Safe beside requests: it only reads the weights and
+        installs the step when done (a request reads it once, at its start); it never raises."""
+        with contextlib.suppress(OSError, AttributeError):  # below the model thread (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        engine.compile()
+        if generation == self._load_generation and not self._closing.is_set():
+            self.description = engine.describe()
+            if on_compiled is not None:
+                on_compiled(self.description)
 
     def run(
         self, job: Callable[[Engine | None], T], should_stop: Callable[[], bool], *, needs_engine: bool = True

@@ -103,9 +103,14 @@ class Engine:
 
     def compile(self) -> bool:
         """torch.compile the denoising step for single-row requests (inline completion) and warm it
-        up: ~20% less per step on a CPU core; ~40 s the first time on a machine, ~10 s once
+        up (docs/benchmarks.md: the gain); ~40 s the first time on a machine, ~10 s once
         inductor's on-disk cache holds the graph. Needs a C++ compiler on the CPU; any failure is
-        logged and the engine stays eager. Returns whether the compiled step is in place."""
+        logged and the engine stays eager. Returns whether the compiled step is in place.
+
+        CPU only: on a GPU the counter-based fused sampler (kernels.denoise_sample) runs instead."""
+        if self.model.device.type != "cpu":
+            self.compiled = f"not compiled: the compiled step is the CPU path, this model is on {self.model.device}"
+            return False
         try:
             seconds = compile_step(self.model, self.generation)
         except Exception as error:  # noqa: BLE001 (no compiler, an unsupported op...: eager still works)

@@ -18,7 +18,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = ("neovim", "visual_studio_code")
 # Small and quick on 2 shared cores: the tests check behaviour, not completion quality.
-FAST = {"maxMiddleTokens": 4, "debounceMs": 0, "steps": 4}
+FAST = {"maxMiddleTokens": 4, "debounceMs": 0, "steps": 4, "compile": False}
 READY, FAILED = "model ready", "could not load"
 
 

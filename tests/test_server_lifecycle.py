@@ -88,15 +88,22 @@ async def test_a_dtype_change_reloads_the_model_with_progress(client):
     assert result is not None and len(result.items) == 1
 
 
-async def test_the_compile_setting_reloads_with_a_compiled_decoder_step(client):
+async def test_the_compile_setting_reloads_and_compiles_in_the_background(client):
+    """The model serves as soon as it is loaded; its step compiles on another thread meanwhile
+    and takes over once done (the server says so)."""
     ready = len(client.log_messages)
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "bfloat16", "compile": True}})
     )
-    message = await log_containing(client, READY, timeout=300, after=ready)
-    assert "denoising step compiled" in message.message
+    message = await log_containing(client, READY, timeout=120, after=ready)
+    assert "compiled" not in message.message  # ready before the compile: eager meanwhile
     doc = Doc(client, PROSE, "plaintext", ".txt")
     result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR))
+    assert result is not None and len(result.items) == 1
+    message = await log_containing(client, "compile finished", timeout=300, after=ready)
+    assert "denoising step compiled" in message.message
+    doc.edit(PROSE_CURSOR, PROSE_CURSOR, "b")
+    result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR + 1))
     assert result is not None and len(result.items) == 1
 
 

@@ -40,8 +40,8 @@
   "Weight and activation precision."
   :type '(choice (const "auto") (const "float32") (const "bfloat16") (const "float16")))
 
-(defcustom lsp-dgemma-compile nil
-  "Non-nil: torch.compile the denoising step at load (~20% faster after a ~40 s first warm-up)."
+(defcustom lsp-dgemma-compile t
+  "Non-nil: torch.compile the denoising step in the background after the model loads (~25% faster)."
   :type 'boolean)
 
 (defcustom lsp-dgemma-steps nil
@@ -67,8 +67,7 @@
                         :maxMiddleTokens lsp-dgemma-max-middle-tokens)))
     (when lsp-dgemma-model
       (setq settings (plist-put settings :model lsp-dgemma-model)))
-    (when lsp-dgemma-compile
-      (setq settings (plist-put settings :compile t)))
+    (setq settings (plist-put settings :compile (if lsp-dgemma-compile t :json-false)))
     (when lsp-dgemma-steps
       (setq settings (plist-put settings :steps lsp-dgemma-steps)))
     (when lsp-dgemma-entropy-bound

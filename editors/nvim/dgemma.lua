@@ -26,8 +26,8 @@ M.defaults = {
   root_markers = { '.git', 'pyproject.toml', 'package.json' },
   -- The `dgemma` section the server reads (camelCase keys, as in VS Code):
   -- model, device ('cpu' | 'cuda' | 'auto'), dtype ('auto' | 'float32' | 'bfloat16' |
-  -- 'float16'), compile (true: torch.compile the denoising step at load, ~20% faster after a
-  -- ~40 s first warm-up), steps, entropyBound, maxMiddleTokens, enabledLanguages.
+  -- 'float16'), compile (default true: torch.compile the denoising step in the background after
+  -- the load, ~25% faster), steps, entropyBound, maxMiddleTokens, enabledLanguages.
   settings = {},
   keymaps = true,
 }
