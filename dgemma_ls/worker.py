@@ -86,7 +86,8 @@ class ModelWorker:
         if generation == self._load_generation and not self._closing.is_set():
             self.description = engine.describe()
             if on_compiled is not None:
-                on_compiled(self.description)
+                with contextlib.suppress(RuntimeError):  # the server's event loop closed meanwhile
+                    on_compiled(self.description)
 
     def run(
         self, job: Callable[[Engine | None], T], should_stop: Callable[[], bool], *, needs_engine: bool = True
