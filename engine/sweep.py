@@ -1,0 +1,92 @@
+"""Decoding sweep on held-out holes: edit similarity per number of denoising steps (or canvas
+context tokens), averaged over seeds, with the paired difference against the first value.
+A benchmark on the validation split (never HumanEval), not a test; it chose the model's default
+steps and the engine's canvas context (the model card's steps table):
+
+    python -m engine.sweep --model engine/default_model [--steps 8 6 4 3 2] [--context 8]
+    python -m engine.sweep --context 32 16 8 4 --steps 8 --only single-line
+
+Single-line holes: `evaluate.heldout_holes` (300, three seeds, the server's 24-token line hole);
+three-line holes: three consecutive non-blank lines (200, two seeds, a 48-token hole). One torch
+thread, the compiled step (`Engine.compile`), ~2 min per row on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import random
+import statistics
+
+import torch
+
+from .api import DEFAULT_MODEL, Engine
+from .corpus import iter_documents
+from .evaluate import REPO, heldout_holes, postprocess
+
+
+def three_line_holes(corpus, n: int, seed: int = 5, window: int = 1500) -> list[tuple[str, str, str]]:
+    """(prefix, middle, suffix): three consecutive non-blank lines (≤ 160 characters together)."""
+    docs = [d["text"] for d in iter_documents(str(corpus), "heldout") if d.get("language") == "python"]
+    rng = random.Random(seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    holes = []
+    for index in order:
+        if len(holes) == n:
+            break
+        lines = docs[index].splitlines(keepends=True)
+        spots = [j for j in range(len(lines) - 3)
+                 if all(lines[k].strip() for k in range(j, j + 3)) and sum(map(len, lines[j:j + 3])) <= 160]
+        if not spots:
+            continue
+        j = rng.choice(spots)
+        start = sum(map(len, lines[:j]))
+        middle = "".join(lines[j:j + 3])
+        text = docs[index]
+        holes.append((text[max(0, start - window):start], middle, text[start + len(middle):start + len(middle) + window]))
+    return holes
+
+
+def similarity(engine: Engine, holes, *, hole: int, kind: str | None, seed: int, **options) -> list[float]:
+    out = []
+    for prefix, middle, suffix in holes:
+        text = engine.infill(prefix, suffix, max_middle_tokens=hole, seed=seed, **options)[0].text
+        got = postprocess(text, kind) if kind else text
+        out.append(difflib.SequenceMatcher(None, got.rstrip(), middle.rstrip(), autojunk=False).ratio())
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--steps", type=int, nargs="+", default=[8, 6, 4, 3, 2])
+    parser.add_argument("--context", type=int, nargs="+", default=[8], help="clamped canvas tokens a side")
+    parser.add_argument("--only", choices=["single-line", "three-line"], default=None)
+    parser.add_argument("--corpus", default=str(REPO / "data/corpus"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    engine = Engine.load(args.model, compile=True)
+    single = [(h["prompt"], h["middle"], h["suffix"]) for h in heldout_holes(args.corpus, 300)]
+    sets = [("single-line", single, 24, (0, 1, 2), "single-line"),
+            ("three-line", three_line_holes(args.corpus, 200), 48, (0, 1), None)]
+    configs = [(s, c) for c in args.context for s in args.steps]
+    for name, holes, hole, seeds, kind in sets:
+        if args.only not in (None, name):
+            continue
+        base = None
+        for steps, context in configs:
+            runs = [similarity(engine, holes, hole=hole, kind=kind, seed=seed, steps=steps, context_tokens=context)
+                    for seed in seeds]
+            per_hole = [statistics.fmean(values) for values in zip(*runs)]
+            base = base or per_hole
+            diff = [a - b for a, b in zip(per_hole, base)]
+            se = statistics.stdev(diff) / len(diff) ** 0.5 if any(diff) else 0.0
+            print(f"{name} ({len(holes)} holes x {len(seeds)} seeds) steps {steps} context {context}: edit "
+                  f"similarity {statistics.fmean(per_hole):.3f} (seeds {', '.join(f'{statistics.fmean(r):.3f}' for r in runs)})"
+                  f", vs the first row {statistics.fmean(diff):+.3f} ± {se:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
