@@ -278,10 +278,10 @@ def run_programs(sources: list[str], *, workers: int = WORKERS, timeout: float =
 # ----------------------------------------------------------------------------- held-out holes
 
 def heldout_holes(corpus: str | Path, n: int, *, seed: int = 0, window: int = 1500,
-                  max_line_chars: int = 160) -> list[dict]:
-    """`n` single-line holes from held-out python files: documents in a seeded random order, one
-    seeded random non-blank line each (at most `max_line_chars`; longer lines would not fit a
-    hole), with up to `window` characters of prefix before it and suffix after it."""
+                  max_line_chars: int = 160, lines: int = 1) -> list[dict]:
+    """`n` holes of `lines` consecutive non-blank lines (together at most `max_line_chars`; longer
+    would not fit a hole) from held-out python files: documents in a seeded random order, one
+    seeded random spot each, with up to `window` characters of prefix before it and suffix after it."""
     from .corpus import iter_documents
 
     docs = [d["text"] for d in iter_documents(str(corpus), "heldout") if d.get("language") == "python"]
@@ -292,17 +292,20 @@ def heldout_holes(corpus: str | Path, n: int, *, seed: int = 0, window: int = 15
     for index in order:
         if len(holes) == n:
             break
-        lines = docs[index].splitlines(keepends=True)
+        text_lines = docs[index].splitlines(keepends=True)
         starts = [0]
-        for line in lines:
+        for line in text_lines:
             starts.append(starts[-1] + len(line))
-        candidates = [i for i, line in enumerate(lines) if line.strip() and len(line) <= max_line_chars]
+        candidates = [i for i in range(len(text_lines) - lines + 1)
+                      if all(line.strip() for line in text_lines[i:i + lines])
+                      and starts[i + lines] - starts[i] <= max_line_chars]
         if not candidates:
             continue
         i = rng.choice(candidates)
         text = docs[index]
         holes.append({"task_id": f"heldout/{index}/L{i}", "prompt": text[max(0, starts[i] - window):starts[i]],
-                      "middle": lines[i], "suffix": text[starts[i + 1]:starts[i + 1] + window]})
+                      "middle": "".join(text_lines[i:i + lines]),
+                      "suffix": text[starts[i + lines]:starts[i + lines] + window]})
     return holes
 
 

@@ -349,7 +349,7 @@ class DiffusionGemma(nn.Module):
     def decode_soft(self, canvas: torch.Tensor, ctx_keys: list[torch.Tensor], ctx_values: list[torch.Tensor],
                     start: int, soft: torch.Tensor | None) -> torch.Tensor:
         """`decode` given the self-conditioning input itself (B, C, H), None or zeros on the first step."""
-        B, C = canvas.shape
+        C = canvas.shape[1]
         positions = torch.arange(start, start + C, device=canvas.device)[None]
         x = self.self_condition(self.embed_tokens(canvas), soft)
 

@@ -7,7 +7,8 @@ steps and the engine's canvas context (the model card's steps table):
     python -m engine.sweep --context 32 16 8 4 --steps 8 --only single-line
 
 Single-line holes: `evaluate.heldout_holes` (300, three seeds, the server's 24-token line hole);
-three-line holes: three consecutive non-blank lines (200, two seeds, a 48-token hole). One torch
+three-line holes: three consecutive non-blank lines (`heldout_holes(lines=3)`: 200, two seeds, a
+48-token hole). One torch
 thread, the compiled step (`Engine.compile`), ~2 min per row on one core.
 """
 
@@ -15,37 +16,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import random
 import statistics
 
 import torch
 
 from .api import DEFAULT_MODEL, Engine
-from .corpus import iter_documents
 from .evaluate import REPO, heldout_holes, postprocess
-
-
-def three_line_holes(corpus, n: int, seed: int = 5, window: int = 1500) -> list[tuple[str, str, str]]:
-    """(prefix, middle, suffix): three consecutive non-blank lines (≤ 160 characters together)."""
-    docs = [d["text"] for d in iter_documents(str(corpus), "heldout") if d.get("language") == "python"]
-    rng = random.Random(seed)
-    order = list(range(len(docs)))
-    rng.shuffle(order)
-    holes = []
-    for index in order:
-        if len(holes) == n:
-            break
-        lines = docs[index].splitlines(keepends=True)
-        spots = [j for j in range(len(lines) - 3)
-                 if all(lines[k].strip() for k in range(j, j + 3)) and sum(map(len, lines[j:j + 3])) <= 160]
-        if not spots:
-            continue
-        j = rng.choice(spots)
-        start = sum(map(len, lines[:j]))
-        middle = "".join(lines[j:j + 3])
-        text = docs[index]
-        holes.append((text[max(0, start - window):start], middle, text[start + len(middle):start + len(middle) + window]))
-    return holes
 
 
 def similarity(engine: Engine, holes, *, hole: int, kind: str | None, seed: int, **options) -> list[float]:
@@ -67,9 +43,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     engine = Engine.load(args.model, compile=True)
-    single = [(h["prompt"], h["middle"], h["suffix"]) for h in heldout_holes(args.corpus, 300)]
-    sets = [("single-line", single, 24, (0, 1, 2), "single-line"),
-            ("three-line", three_line_holes(args.corpus, 200), 48, (0, 1), None)]
+    single, triple = ([(h["prompt"], h["middle"], h["suffix"]) for h in heldout_holes(args.corpus, n, seed=seed, lines=k)]
+                      for n, seed, k in ((300, 0, 1), (200, 5, 3)))
+    sets = [("single-line", single, 24, (0, 1, 2), "single-line"), ("three-line", triple, 48, (0, 1), None)]
     configs = [(s, c) for c in args.context for s in args.steps]
     for name, holes, hole, seeds, kind in sets:
         if args.only not in (None, name):

@@ -10,9 +10,9 @@ from functools import partial
 import pytest
 import torch
 
+import engine.generate as engine_generate
 from engine import Cancelled, Engine, EngineError
 from engine.cli import main as cli_main
-import engine.generate as engine_generate
 from engine.generate import denoise, fused_step
 from engine.model import KVCache
 from engine.sampler import TorchNoise
@@ -253,7 +253,7 @@ def test_the_compiled_step_serves_other_shapes_as_exactly_as_eager(tiny):
                 err_eager = (eager[i].float() - exact[i]).abs().mean()
                 assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, i, err_compiled, err_eager)
     plain = Engine.load(tiny, dtype="bfloat16")
-    two = dict(max_middle_tokens=6, num_candidates=2)
+    two = {"max_middle_tokens": 6, "num_candidates": 2}
     assert [c.text for c in engine.infill("def add(a, b):\n    return ", "\n", **two)] == \
         [c.text for c in plain.infill("def add(a, b):\n    return ", "\n", **two)]
     assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)[0].ms > 0
