@@ -115,7 +115,7 @@ class Engine:
             seconds = compile_step(self.model, self.generation)
         except Exception as error:  # noqa: BLE001 (no compiler, an unsupported op...: eager still works)
             self.compiled = f"compile failed, eager: {error!r}"[:300]
-            log.warning("compiling the decoder step failed; staying eager: %r", error)
+            log.warning("compiling the denoising step failed; staying eager: %r", error)
             return False
         self.compiled = f"denoising step compiled in {seconds:.0f} s"
         log.info("%s", self.compiled)
