@@ -19,7 +19,7 @@ import kernels
 from .config import GenerationConfig
 from .errors import Cancelled
 from .model import DecoderContext, DiffusionGemma, KVCache
-from .sampler import StableAndConfident, TorchNoise, sample_step, temperature
+from .sampler import StableAndConfident, TorchNoise, ignore_current_token, sample_step, temperature
 
 
 @dataclass
@@ -49,13 +49,6 @@ class Generation:
     tokens_per_forward: torch.Tensor  # (B,)
     ms: float
     steps: list[int] = field(default_factory=list)  # denoising steps per canvas
-
-
-def ignore_current_token(logits: torch.Tensor, canvas: torch.Tensor, where: torch.Tensor):
-    """In place: logits (B, C, V) of `canvas`'s own token -> -inf at positions `where` (B, C)."""
-    index = canvas[..., None]
-    current = logits.gather(-1, index)
-    logits.scatter_(-1, index, current.masked_fill(where[..., None], float("-inf")))
 
 
 @torch.no_grad()

@@ -33,6 +33,13 @@ def entropy_of(probs: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     return -torch.where(probs > 0, probs * logp, 0.0).sum(-1)
 
 
+def ignore_current_token(logits: torch.Tensor, canvas: torch.Tensor, where: torch.Tensor):
+    """In place: logits (B, C, V) of `canvas`'s own token -> -inf at positions `where` (B, C)."""
+    index = canvas[..., None]
+    current = logits.gather(-1, index)
+    logits.scatter_(-1, index, current.masked_fill(where[..., None], float("-inf")))
+
+
 class TorchNoise:
     """Reference-compatible noise from torch's RNG: the global one (seed it with torch.manual_seed),
     or a private `generator`, which keeps concurrent users' draws apart."""
@@ -83,9 +90,7 @@ def sample_step(logits: torch.Tensor, canvas: torch.Tensor, clamped: torch.Tenso
     V = logits.shape[-1]
     processed = logits / temperature
     if ignore_noise_tokens:
-        index = canvas[..., None]
-        current = processed.gather(-1, index).masked_fill(noised[..., None], float("-inf"))
-        processed = processed.scatter(-1, index, current)
+        ignore_current_token(processed, canvas, noised)  # in place on the fresh quotient
     logp = torch.log_softmax(processed, dim=-1)
     probs = logp.exp()
     cdf = probs.cumsum(-1)
@@ -94,8 +99,7 @@ def sample_step(logits: torch.Tensor, canvas: torch.Tensor, clamped: torch.Tenso
     free = ~clamped
     argmax = torch.where(clamped, canvas, processed.argmax(-1))
     ent = torch.where(free, entropy_of(probs, logp), 0.0)
-    new_canvas, accepted = kernels.entropy_accept(ent, canvas, torch.where(free, sample, 0), clamped, bound,
-                                                  renoise_tokens)
+    new_canvas, accepted = kernels.entropy_accept(ent, canvas, sample, clamped, bound, renoise_tokens)
     return new_canvas, accepted, argmax, ent, probs, logp.gather(-1, argmax[..., None])[..., 0]
 
 
