@@ -78,6 +78,7 @@ class DgemmaServer(LanguageServer):
         self._automatic: dict[str, Ticket] = {}  # the newest automatic inline request per document
         self._loads = 0
         self._load_task: asyncio.Task | None = None
+        self._configuration_changes = 0
         self._logged_reasons: dict[str, str] = {}
 
     # -- messages ------------------------------------------------------------------------
@@ -111,7 +112,8 @@ class DgemmaServer(LanguageServer):
             self.start_model_load()
 
     def start_model_load(self) -> None:
-        self._load_task = asyncio.ensure_future(self.load_model())
+        self._loads += 1
+        self._load_task = asyncio.ensure_future(self.load_model(self._loads, self.settings))
 
     def _supports(self, path: str) -> bool:
         value: Any = self.client_capabilities
@@ -119,10 +121,11 @@ class DgemmaServer(LanguageServer):
             value = getattr(value, name, None)
         return bool(value)
 
-    async def load_model(self) -> None:
-        self._loads += 1
-        token = f"dgemma/load/{self._loads}"
-        path = self.settings.model or self.cli_model
+    async def load_model(self, number: int, settings: Settings) -> None:
+        """Load number `number` with the settings it was started with. A newer load supersedes it
+        at any point: it then ends its progress as superseded and never announces itself ready."""
+        token = f"dgemma/load/{number}"
+        path = settings.model or self.cli_model
         what = path or "the embedded model"
         progress = self._supports("window.work_done_progress")
         if progress:
@@ -139,19 +142,23 @@ class DgemmaServer(LanguageServer):
                 self.progress(types.ProgressParams(token=token, value=value))
 
         report(types.WorkDoneProgressBegin(title="dgemma: loading model", message=what, percentage=0))
-        compiling = ", then compiling the denoising step in the background" if self.settings.compile else ""
+        compiling = ", then compiling the denoising step in the background" if settings.compile else ""
         self.log_to_client(
             types.MessageType.Info,
-            f"dgemma: loading {what} ({self.settings.device}, {self.settings.dtype}{compiling})",
+            f"dgemma: loading {what} ({settings.device}, {settings.dtype}{compiling})",
         )
+        superseded = types.WorkDoneProgressEnd(message="superseded by a newer model load")
+        if number != self._loads:  # overtaken while the client created the progress token
+            report(superseded)
+            return
         loop = asyncio.get_running_loop()
         try:
             description = await asyncio.wrap_future(
-                self.worker.load(path, self.settings.device, self.settings.dtype, self.settings.compile,
+                self.worker.load(path, settings.device, settings.dtype, settings.compile,
                                  on_compiled=lambda text: loop.call_soon_threadsafe(self.compiled, text))
             )
         except Cancelled:
-            report(types.WorkDoneProgressEnd(message="superseded by a newer model load"))
+            report(superseded)
             return
         except Exception as error:
             message = f"dgemma: could not load {what}: {error}"
@@ -160,7 +167,10 @@ class DgemmaServer(LanguageServer):
             report(types.WorkDoneProgressEnd(message="failed"))
             return
         report(types.WorkDoneProgressReport(message=f"warming up {description}", percentage=80))
-        await self.warm_up()
+        await self.warm_up(settings)
+        if number != self._loads:
+            report(superseded)
+            return
         report(types.WorkDoneProgressEnd(message=f"ready: {description}"))
         self.log_to_client(types.MessageType.Info, f"dgemma: model ready: {description}")
 
@@ -168,9 +178,8 @@ class DgemmaServer(LanguageServer):
         """The background compile finished: say how it went (the description says which)."""
         self.log_to_client(types.MessageType.Info, f"dgemma: compile finished: {description}")
 
-    async def warm_up(self) -> None:
+    async def warm_up(self, settings: Settings) -> None:
         """One tiny infill so the first real request does not pay for lazy initialisation."""
-        settings = self.settings
         job = self.worker.run(
             lambda engine: engine.infill(
                 "def add(a, b):\n    return ", "\n", max_middle_tokens=4, steps=settings.steps
@@ -577,10 +586,16 @@ class DgemmaServer(LanguageServer):
         return types.WorkspaceEdit(changes={doc.uri: text_edits})
 
     async def configuration_changed(self, params: types.DidChangeConfigurationParams) -> None:
+        self._configuration_changes += 1
+        change = self._configuration_changes
         raw = section_of(params.settings)
         if raw is None and self._supports("workspace.configuration"):
             items = [types.ConfigurationItem(section=SECTION)]
             raw = (await self.workspace_configuration_async(types.ConfigurationParams(items=items)))[0]
+            if change != self._configuration_changes:  # applying them now would undo the newer change
+                self.log_to_client(types.MessageType.Log, "dgemma: pulled settings ignored: a newer "
+                                   "didChangeConfiguration arrived while workspace/configuration was answered")
+                return
         self.apply_settings(raw, reload=True)
 
     def report_server_error(self, error: Exception, source: Any) -> None:

@@ -76,13 +76,27 @@ async def test_settings_are_pulled_when_the_notification_carries_none(client):
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
 
 
+async def test_pulled_settings_never_undo_a_newer_change(client):
+    """The pull answers after the next notification was applied: that answer is stale."""
+    client.set_configuration({**FAST, "maxMiddleTokens": "stale"}, section="dgemma")
+    after = len(client.log_messages)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
+    await log_containing(client, "pulled settings ignored", after=after)
+    assert not [m for m in client.messages if "stale" in m.message]
+
+
 async def test_a_dtype_change_reloads_the_model_with_progress(client):
-    ready = len(client.log_messages)
+    """Only the newest load reports ready; any load it overtook ends its progress as superseded."""
+    ready, earlier = len(client.log_messages), set(client.progress_reports)
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "dtype": "float32"}})
     )
-    await log_containing(client, READY, timeout=120, after=ready)
-    assert progress_kinds(client, "dgemma/load/2") == ["begin", "report", "end"]
+    message = await log_containing(client, READY, timeout=120, after=ready)
+    assert "float32 on cpu" in message.message
+    loads = sorted(set(client.progress_reports) - earlier, key=lambda token: int(token.rsplit("/", 1)[1]))
+    assert progress_kinds(client, loads[-1]) == ["begin", "report", "end"]
+    assert client.progress_reports[loads[-1]][-1].message.startswith("ready: ")
     doc = Doc(client, PROSE, "plaintext", ".txt")
     result = await client.text_document_inline_completion_async(automatic(doc, PROSE_CURSOR))
     assert result is not None and len(result.items) == 1
