@@ -30,11 +30,11 @@ import torch
 
 from .api import DEFAULT_MODEL, Engine
 from .checkpoint import load_model, weight_files
-from .evaluate import REPO
 from .generate import generate
 from .model import KVCache
 from .sampler import TorchNoise
 
+REPO = Path(__file__).resolve().parents[1]
 RUN_MODEL = REPO / "runs/default/model"
 LINE_SCOPE_TOKENS = 24  # dgemma_ls.context.MAX_MIDDLE_TOKENS["line"]
 FALLBACK_SHAPE = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -167,7 +167,7 @@ def fim_requests(n: int, *, seed: int = 0, window: int = 1500) -> list[tuple[str
     """(prefix, suffix, kind) cut from held-out python files. mid-line: the cursor inside a line,
     the rest of the line still after it; end-of-line: the line typed up to the cursor, its rest
     not written yet (the suffix starts at the next line)."""
-    from .corpus import iter_documents
+    from .training.corpus import iter_documents
 
     docs = [d["text"] for d in iter_documents(str(REPO / "data/corpus"), "heldout") if d.get("language") == "python"]
     rng = random.Random(seed)
@@ -288,7 +288,7 @@ def bench_memory(model_dir: Path) -> str:
     first-call buffers are not counted as the model's). Peak RSS (getrusage) before and after the
     load, and the growth split from /proc/self/status: file-backed (mmap'd safetensors pages,
     shared with the page cache) vs anonymous (copies)."""
-    from .tiny import write_tiny_checkpoint
+    from .training.tiny import write_tiny_checkpoint
 
     size = sum(f.stat().st_size for f in weight_files(model_dir))
     rows = []

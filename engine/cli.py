@@ -98,7 +98,7 @@ def cmd_fill(args) -> int:
 
 
 def cmd_infill_batch(args) -> int:
-    from .evaluate import infill_batch
+    from .training.evaluate import infill_batch
 
     engine = _load(args)
     infill_batch(engine, args.tasks, args.out, steps=args.steps, max_middle_tokens=args.max_middle_tokens)
@@ -106,7 +106,7 @@ def cmd_infill_batch(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import eval_infilling
+    from .training.evaluate import eval_infilling
 
     engine = None if args.baseline else _load(args)
     eval_infilling(engine, args.benchmark, args.limit, args.benchmarks_dir, steps=args.steps,
@@ -118,7 +118,7 @@ def cmd_eval(args) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
-        from .train import export_model
+        from .training.train import export_model
 
         p = argparse.ArgumentParser(prog="dgemma export", description="a training run's checkpoint as a model dir")
         p.add_argument("run")
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         import json
 
         from .api import DEFAULT_MODEL
-        from .train import heldout_loss, paired_difference
+        from .training.train import heldout_loss, paired_difference
 
         p = argparse.ArgumentParser(prog="dgemma eval-loss",
                                     description="the training objective on the held-out corpus split, fixed seed")
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
                        help="also score DIR on the same rows; print the paired difference DIR - MODEL per loss")
         a = p.parse_args(argv[1:])
         if not (Path(a.corpus) / "heldout.jsonl").is_file():
-            print(f"dgemma: error: {a.corpus}/heldout.jsonl not found (build it: python -m engine.corpus "
+            print(f"dgemma: error: {a.corpus}/heldout.jsonl not found (build it: python -m engine.training.corpus "
                   f"--out {a.corpus})", file=sys.stderr)
             return 2
         if a.rows < 1:
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             return 2
         return 0
     if argv[:1] == ["train"]:
-        from .train import main as train_main
+        from .training.train import main as train_main
 
         train_main(argv[1:])
         return 0
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--benchmark", default="single-line",
                    choices=["single-line", "multi-line", "random-span", "random-span-light"])
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--benchmarks-dir", default=None, help="default: ../shared/benchmarks/humaneval-infilling")
+    p.add_argument("--benchmarks-dir", default=None, help="default: $DGEMMA_BENCHMARKS/humaneval-infilling, else ../shared/benchmarks/humaneval-infilling")
     p.add_argument("--max-middle-tokens", type=int, default=48)
     p.add_argument("--baseline", action="store_true", help="score the empty completion instead of a model")
     p.add_argument("--heldout", type=int, default=None, help="also report exact match on N held-out corpus holes")

@@ -22,6 +22,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helper modules (hf_refere
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A real random-weight checkpoint the engine loads: what every server test runs."""
-    from engine.tiny import write_tiny_checkpoint
+    from engine.training.tiny import write_tiny_checkpoint
 
     return str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model") / "checkpoint", seed=0))

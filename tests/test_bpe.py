@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from engine.bpe import PRETOKENIZE_PATTERN, SPECIAL_TOKENS, train_tokenizer
+from engine.training.bpe import PRETOKENIZE_PATTERN, SPECIAL_TOKENS, train_tokenizer
 
 DEFAULT_TOKENIZER = Path(__file__).parent.parent / "engine/default_model/tokenizer.json"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

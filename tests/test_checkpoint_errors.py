@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from engine import CheckpointError, Engine, EngineError
 from engine.checkpoint import load_model
-from engine.tiny import write_tiny_checkpoint
+from engine.training.tiny import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.corpus import (
+from engine.training.corpus import (
     FORBIDDEN_ROOTS, Candidate, allowed, build_corpus, distribution_license, iter_documents,
     node_candidates, package_json_license, rejection, site_package_candidates, split_of,
 )

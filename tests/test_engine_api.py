@@ -16,7 +16,7 @@ from engine.cli import main as cli_main
 from engine.generate import denoise, fused_step
 from engine.model import KVCache
 from engine.sampler import TorchNoise
-from engine.tiny import write_tiny_checkpoint
+from engine.training.tiny import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

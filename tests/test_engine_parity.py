@@ -156,7 +156,7 @@ def test_bf16_canvas_runs_all_experts_and_computes_the_routed_function(monkeypat
     """A bf16 canvas on the CPU folds few experts into two GEMMs (prompts and fp32 stay routed);
     the layer computes the same function as with the routed kernel, up to bf16 rounding."""
     from engine.model import DiffusionGemma, init_weights
-    from engine.tiny import tiny_config
+    from engine.training.tiny import tiny_config
 
     model = DiffusionGemma(tiny_config(vocab_size=64))
     init_weights(model, std=0.2)

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from engine.api import Engine
-from engine.evaluate import (
-    REPO,
+from engine.training.evaluate import (
     eval_infilling,
     infill_batch,
     postprocess,
@@ -22,7 +21,9 @@ from engine.evaluate import (
     run_programs,
     stride_subset,
 )
-from engine.tiny import write_tiny_checkpoint
+from engine.training.tiny import write_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 ADD = {"task_id": "SingleLineInfilling/Add/L0", "prompt": "def add(a, b):\n", "suffix": "",
        "canonical_solution": "    return a + b\n", "entry_point": "add",

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from engine.api import Engine
-from engine.bpe import train_tokenizer
 from engine.config import GenerationConfig
 from engine.generate import denoise
 from engine.infill import candidate_lengths, extract_middle, plan_canvas
 from engine.model import DiffusionGemma, init_weights
 from engine.sampler import CounterNoise
 from engine.tokenizer import Tokenizer
-from engine.train import TrainConfig, delimiter_ids, losses, make_batch, model_config
+from engine.training.bpe import train_tokenizer
+from engine.training.train import TrainConfig, delimiter_ids, losses, make_batch, model_config
 
 CYCLE = "abcdefghij"
 
@@ -168,7 +168,7 @@ def test_extract_middle_deletes_fillers_and_stops_at_eos():
 
 
 def test_prompt_level_fim_mode(tmp_path):
-    from engine.tiny import write_tiny_checkpoint
+    from engine.training.tiny import write_tiny_checkpoint
 
     engine = Engine.load(write_tiny_checkpoint(tmp_path / "ck"))
     results = engine.infill("def f(x):\n    return ", "\n", max_middle_tokens=8, mode="fim")
@@ -179,7 +179,7 @@ def test_prompt_level_fim_mode(tmp_path):
 def test_causal_baseline_continues_the_prefix_left_to_right(toy_engine):
     """The evaluation's autoregressive baseline: the same weights' encoder, greedy from the prefix
     alone (the toy was trained with the next-token loss too), stopping at max_middle_tokens."""
-    from engine.evaluate import CausalBaseline
+    from engine.training.evaluate import CausalBaseline
 
     baseline = CausalBaseline(toy_engine, one_line=True)
     best = baseline.infill("bcdefgh", "unseen suffix", max_middle_tokens=5)[0]

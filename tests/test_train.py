@@ -7,8 +7,8 @@ import json
 import pytest
 
 from engine import Engine
-from engine.tiny import write_tiny_checkpoint
-from engine.train import TrainConfig, export_model, heldout_loss, paired_difference, train
+from engine.training.tiny import write_tiny_checkpoint
+from engine.training.train import TrainConfig, export_model, heldout_loss, paired_difference, train
 
 SMALL = dict(seq_len=32, canvas=16, batch=2, max_middle=6, hidden_size=32, layers=2, heads=2, kv_heads=1,
              head_dim=16, intermediate_size=64, experts=2, top_k=1, moe_intermediate_size=32, sliding_window=16,
@@ -59,7 +59,7 @@ def test_dense_experts_compute_the_routed_experts():
     import torch
 
     from engine.model import DiffusionGemma, init_weights
-    from engine.train import model_config
+    from engine.training.train import model_config
 
     tc = TrainConfig(**SMALL)
     model = DiffusionGemma(model_config(tc, 64))
@@ -86,7 +86,7 @@ def test_dense_experts_compute_the_routed_experts():
 
 
 def test_a_new_schedule_on_resume_warms_up_again():
-    from engine.train import lr_at
+    from engine.training.train import lr_at
 
     tc = TrainConfig(lr=1e-3, warmup=10, total_steps=1000)
     assert lr_at(500, tc, rewarm_from=500) == pytest.approx(lr_at(500, tc) / 10)

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import load_model, save_model
-from .config import GenerationConfig, ModelConfig
+from ..checkpoint import load_model, save_model
+from ..config import GenerationConfig, ModelConfig
+from ..model import DiffusionGemma, init_weights
+from ..tokenizer import Tokenizer
 from .corpus import iter_documents
-from .model import DiffusionGemma, init_weights
-from .tokenizer import Tokenizer
 
 log = logging.getLogger("dgemma.train")
 

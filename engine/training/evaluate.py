@@ -3,7 +3,8 @@
 Owns task reading, the fixed post-processing applied to every model's middles, the sandboxed
 runner (one subprocess per program: isolated interpreter, throwaway cwd, no proxy settings,
 bounded memory/CPU/file size, wall-clock timeout) and exact match on held-out corpus holes.
-Reads the benchmark files where they lie (../shared/benchmarks); never copies them.
+Reads the benchmark files where they lie (`--benchmarks DIR`, default `$DGEMMA_BENCHMARKS`, else
+../shared/benchmarks from the working directory); never copies them.
 
     dgemma eval-infilling --benchmark single-line --limit 100 --model runs/default/model
     dgemma infill-batch --tasks tasks.jsonl.gz --out completions.jsonl
@@ -27,10 +28,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import EngineError
+from ..errors import EngineError
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "shared/benchmarks/humaneval-infilling"
+CORPUS_DIR = Path("data/corpus")  # relative to the working directory, as every output under runs/
+EVAL_DIR = Path("runs/eval")
 BENCHMARKS = {
     "single-line": "HumanEval-SingleLineInfilling.jsonl.gz",
     "multi-line": "HumanEval-MultiLineInfilling.jsonl.gz",
@@ -126,8 +127,8 @@ class CausalBaseline:
     def _greedy(self, prefix: str, max_middle_tokens: int):
         import torch
 
-        from .api import Infill
-        from .model import KVCache
+        from ..api import Infill
+        from ..model import KVCache
 
         t0 = time.perf_counter()
         engine, tok = self.engine, self.engine.tokenizer
@@ -310,7 +311,7 @@ def heldout_holes(corpus: str | Path, n: int, *, seed: int = 0, window: int = 15
 
 
 def eval_heldout(engine, n: int, *, steps: int | None, max_middle_tokens: int,
-                 corpus: str | Path = REPO / "data/corpus") -> dict:
+                 corpus: str | Path = CORPUS_DIR) -> dict:
     """Exact match and edit similarity (both with trailing whitespace stripped) on single-line
     held-out holes. Edit similarity is difflib's ratio, 2·matches / (len(a) + len(b)) in [0, 1]
     (CodeXGLUE's line-completion "Edit Sim" on characters): graded where exact match and pass@1
@@ -329,6 +330,12 @@ def eval_heldout(engine, n: int, *, steps: int | None, max_middle_tokens: int,
 
 
 # ---------------------------------------------------------------------------------- reporting
+
+def benchmarks_root() -> Path:
+    """The folder holding humaneval-infilling/: $DGEMMA_BENCHMARKS, else ../shared/benchmarks
+    from the working directory (the benchmark files live beside a checkout, never in it)."""
+    return Path(os.environ.get("DGEMMA_BENCHMARKS") or Path("..") / "shared" / "benchmarks")
+
 
 def _speed(ms: list[float], tpf: list[float]) -> dict:
     if not ms:
@@ -379,7 +386,10 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
     `out_json` (default runs/eval/<benchmark>[.baseline].json) with completions beside it."""
     if benchmark not in BENCHMARKS:
         raise EngineError(f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}")
-    path = Path(benchmarks_dir or BENCHMARKS_DIR) / BENCHMARKS[benchmark]
+    path = Path(benchmarks_dir or benchmarks_root() / "humaneval-infilling") / BENCHMARKS[benchmark]
+    if not path.is_file():
+        raise EngineError(f"{path}: no such benchmark file (pass --benchmarks DIR, the folder holding "
+                          f"humaneval-infilling/, or set DGEMMA_BENCHMARKS)")
     every_task = read_tasks(path)
     tasks = stride_subset(every_task, limit)
     model_engine = engine
@@ -418,7 +428,7 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         summary["heldout"] = eval_heldout(held, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens)
     print(markdown(summary))
 
-    out_json = Path(out_json) if out_json else REPO / "runs/eval" / f"{benchmark}{'.baseline' if engine is None else ''}.json"
+    out_json = Path(out_json) if out_json else EVAL_DIR / f"{benchmark}{'.baseline' if engine is None else ''}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(summary, indent=2) + "\n")
     with open(out_json.with_suffix(".completions.jsonl"), "w", encoding="utf-8") as f:

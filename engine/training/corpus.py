@@ -4,7 +4,7 @@ Owns discovery (Python stdlib, site-packages, node_modules, vetted doc trees), l
 filtering, quality filters, exact and near-duplicate removal, the by-file held-out split and
 the streaming reader the trainer uses. Knows nothing about tokenization or the model.
 
-    python -m engine.corpus --out data/corpus
+    python -m engine.training.corpus --out data/corpus
 """
 
 from __future__ import annotations

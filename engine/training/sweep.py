@@ -3,8 +3,8 @@ context tokens), averaged over seeds, with the paired difference against the fir
 A benchmark on the validation split (never HumanEval), not a test; it chose the model's default
 steps and the engine's canvas context (the model card's steps table):
 
-    python -m engine.sweep --model engine/default_model [--steps 8 6 4 3 2] [--context 8]
-    python -m engine.sweep --context 32 16 8 4 --steps 8 --only single-line
+    python -m engine.training.sweep --model engine/default_model [--steps 8 6 4 3 2] [--context 8]
+    python -m engine.training.sweep --context 32 16 8 4 --steps 8 --only single-line
 
 Single-line holes: `evaluate.heldout_holes` (300, three seeds, the server's 24-token line hole);
 three-line holes: three consecutive non-blank lines (`heldout_holes(lines=3)`: 200, two seeds, a
@@ -20,8 +20,8 @@ import statistics
 
 import torch
 
-from .api import DEFAULT_MODEL, Engine
-from .evaluate import REPO, heldout_holes, postprocess
+from ..api import DEFAULT_MODEL, Engine
+from .evaluate import CORPUS_DIR, heldout_holes, postprocess
 
 
 def similarity(engine: Engine, holes, *, hole: int, kind: str | None, seed: int, **options) -> list[float]:
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 6, 4, 3, 2])
     parser.add_argument("--context", type=int, nargs="+", default=[8], help="clamped canvas tokens a side")
     parser.add_argument("--only", choices=["single-line", "three-line"], default=None)
-    parser.add_argument("--corpus", default=str(REPO / "data/corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS_DIR))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     engine = Engine.load(args.model, compile=True)

@@ -4,7 +4,7 @@ Owns the special-token table and its fixed ids, the code-friendly pre-tokenizati
 training sample. Loading and using the tokenizer at run time is engine/tokenizer.py's job;
 this module knows nothing about the model.
 
-    python -m engine.bpe --corpus data/corpus --vocab-size 8192 \
+    python -m engine.training.bpe --corpus data/corpus --vocab-size 8192 \
         --out engine/default_model/tokenizer.json
 """
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
+from ..checkpoint import save_model
+from ..config import GenerationConfig, ModelConfig
+from ..model import DiffusionGemma, init_weights
 from .bpe import train_tokenizer
-from .checkpoint import save_model
-from .config import GenerationConfig, ModelConfig
-from .model import DiffusionGemma, init_weights
 
 _TOKENIZER_TEXT = [
     "def add(a, b):\n    return a + b\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n",
