@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 SECTION = "dgemma"
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE = ("none", "int8", "int4", "fp8")  # engine.quantize.MODES
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Settings:
     model: str | None = None  # checkpoint directory; None -> the --model flag, else the embedded model
     device: str = "cpu"
     dtype: str = "auto"
+    quantize: str = "none"  # weight-only quantization at load (engine.quantize): int8, int4, fp8 on a GPU
     compile: bool = True  # torch.compile the denoising step in the background after a load (Engine.compile)
     steps: int | None = None  # denoising steps per block; None -> the engine's default
     entropy_bound: float | None = None
@@ -29,9 +31,9 @@ class Settings:
     enabled_languages: tuple[str, ...] = ()  # empty -> every language
     debounce_ms: int = 75
 
-    def engine_key(self) -> tuple[str | None, str, str, bool]:
+    def engine_key(self) -> tuple[str | None, str, str, str, bool]:
         """What a model load depends on: a change here means a reload."""
-        return (self.model, self.device, self.dtype, self.compile)
+        return (self.model, self.device, self.dtype, self.quantize, self.compile)
 
     def language_enabled(self, language_id: str) -> bool:
         return not self.enabled_languages or language_id in self.enabled_languages
@@ -99,6 +101,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "model": ("model", _optional_str),
     "device": ("device", _choice(DEVICES)),
     "dtype": ("dtype", _choice(DTYPES)),
+    "quantize": ("quantize", _choice(QUANTIZE)),
     "compile": ("compile", _bool),
     "steps": ("steps", _int_in(1, 1024, optional=True)),
     "entropyBound": ("entropy_bound", _optional_positive_float),

@@ -71,11 +71,14 @@ class Engine:
         self._cache: KVCache | None = None
         self._cached_ids: list[int] = []
         self.encoded_tokens = 0  # prompt tokens actually encoded, for reuse accounting
+        self.quantize = "none"  # the weight quantization it was loaded with (Engine.load)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
-             threads: int | None = None, compile: bool = False) -> "Engine":
+             threads: int | None = None, compile: bool = False, quantize: str = "none") -> "Engine":
         """Load a checkpoint directory or HF cache snapshot; None loads the embedded default model.
+
+        `quantize`: none, int8, int4 or fp8: weight-only, as the weights stream in (engine.quantize).
 
         `compile`: also compile the denoising step now (Engine.compile); a failure leaves it eager.
 
@@ -90,13 +93,14 @@ class Engine:
             if not (DEFAULT_MODEL / "model.safetensors").exists():
                 raise EngineError(f"the embedded default model is missing ({DEFAULT_MODEL}); pass a model path")
         device = resolve_device(device)
-        model, config, gen, root = load_model(path, dtype=dtype, device=device)
+        model, config, gen, root = load_model(path, dtype=dtype, device=device, quantize=quantize)
         tokenizer = Tokenizer(root / "tokenizer.json", bos_id=config.bos_token_id,
                               eos_ids=gen.eos_token_id or config.eos_ids, pad_id=config.pad_token_id)
         if tokenizer.vocab_size > config.vocab_size:
             raise EngineError(f"{root / 'tokenizer.json'}: {tokenizer.vocab_size} tokens but the model has "
                               f"{config.vocab_size} embeddings")
         engine = cls(model, config, gen, tokenizer, root)
+        engine.quantize = quantize
         if compile:
             engine.compile()
         return engine
@@ -126,6 +130,7 @@ class Engine:
         return (f"{self.root.name}: DiffusionGemma {params / 1e6:.1f}M params, {self.config.num_hidden_layers} "
                 f"layers, {self.config.num_experts} experts top-{self.config.top_k_experts}, canvas "
                 f"{self.config.canvas_length}, {str(self.model.dtype).removeprefix('torch.')} on {self.model.device}"
+                + (f", weights {self.quantize}" if self.quantize != "none" else "")
                 + (f"; {self.compiled}" if self.compiled else ""))
 
     # ---- prompt KV reuse -------------------------------------------------------------------

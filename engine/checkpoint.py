@@ -3,8 +3,9 @@
 A checkpoint is a directory (or a Hugging Face cache snapshot of one) with `config.json`,
 `model.safetensors` or sharded `model-*.safetensors` + `model.safetensors.index.json`,
 `generation_config.json` and `tokenizer.json`. Weights are memory-mapped by safetensors and
-assigned to a model built on the meta device (no second copy when the dtype matches).
-Only safetensors are read: never pickle.
+assigned one at a time to a model built on the meta device (no second copy when the dtype
+matches); with `quantize` each is quantized on its device as it arrives (engine.quantize), so
+the peak is the quantized model plus one tensor. Only safetensors are read: never pickle.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from .config import GenerationConfig, ModelConfig, read_json
 from .errors import CheckpointError
 from .model import DiffusionGemma
+from .quantize import check_mode, quantize_weight
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,11 @@ def _open_tensors(files: list[Path]) -> dict[str, tuple[Path, object]]:
     return found
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu"):
-    """-> (model, ModelConfig, GenerationConfig, root dir). Raises CheckpointError with the file/tensor named."""
+def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str = "cpu", quantize: str = "none"):
+    """-> (model, ModelConfig, GenerationConfig, root dir). Raises CheckpointError with the file/tensor named.
+
+    `quantize`: none, int8, int4 or fp8 (engine.quantize); every projection and expert weight is
+    quantized as it is read, so the full-precision model never exists on the host or the device."""
     root = resolve_dir(path)
     config = ModelConfig.from_hf_dict(read_json(root / "config.json"), str(root / "config.json"))
     gen_path = root / "generation_config.json"
@@ -147,9 +152,10 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
     with torch.device("meta"):
         model = DiffusionGemma(config)
     expected = {name: p for name, p in model.named_parameters()}
-    target_dtype = _pick_dtype(dtype, tensors, checkpoint_names(config))
-    state = {}
-    for ours, theirs in checkpoint_names(config).items():
+    names = checkpoint_names(config)
+    target_dtype = _pick_dtype(dtype, tensors, names)
+    check_mode(quantize, target_dtype, device)
+    for ours, theirs in names.items():
         source = theirs
         if source not in tensors:
             source = ENCODER_GLOBAL.get(theirs, theirs.replace("model.decoder.layers.", "model.encoder.language_model.layers."))
@@ -167,11 +173,25 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
             raise CheckpointError(f"{file}: tensor {source!r} has dtype {t.dtype}, expected a float dtype")
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{file}: tensor {source!r} contains NaN or Inf")
-        state[ours] = t.to(device=device, dtype=target_dtype)
-    model.load_state_dict(state, assign=True, strict=True)
+        _place(model, ours, quantize_weight(ours, t.to(device=device, dtype=target_dtype), quantize))
+        del t  # the full-precision copy goes before the next tensor is read
+    unplaced = [name for name, p in model.named_parameters() if p.is_meta]
+    if unplaced:
+        raise CheckpointError(f"{root}: no checkpoint tensor for {unplaced[:3]}")
     model._inv_freq = {spec: inv.to(device) for spec, inv in model._inv_freq.items()}
     model.requires_grad_(False).eval()
     return model, config, gen, root
+
+
+def _place(model: DiffusionGemma, name: str, value) -> None:
+    """Replace the meta parameter `name` by `value` (a tensor, a torchao tensor or an ExpertStack)."""
+    owner, _, attr = name.rpartition(".")
+    module = model.get_submodule(owner)
+    if isinstance(value, torch.nn.Module):
+        delattr(module, attr)
+        setattr(module, attr, value)
+    else:
+        setattr(module, attr, torch.nn.Parameter(value, requires_grad=False))
 
 
 def _pick_dtype(dtype, tensors, names) -> torch.dtype:

@@ -145,7 +145,8 @@ class Layer(nn.Module):
             # (parity), and many experts (the 26B's 128) stay routed
             all_experts = (x.device.type == "cpu" and x.dtype != torch.float32 and not torch.is_grad_enabled()
                            and flat.shape[0] <= DENSE_MAX_TOKENS
-                           and self.experts_gate_up.shape[0] <= DENSE_MAX_EXPERTS)
+                           and self.experts_gate_up.shape[0] <= DENSE_MAX_EXPERTS
+                           and type(self.experts_gate_up) is nn.Parameter)  # quantized experts stay routed
         if all_experts:
             routed = dense_moe(experts_in, index, weights, self.experts_gate_up, self.experts_down)
         else:

@@ -196,9 +196,9 @@ def moe_experts(
         if not 0 <= expert < gate_up.shape[0]:  # an out-of-range index marks a dropped slot
             continue
         token, slot = torch.where(top_k_index == expert)  # (n_e,), (n_e,)
-        gate_and_up = x[token] @ gate_up[expert].T  # (n_e, 2I)
+        gate_and_up = F.linear(x[token], gate_up[expert])  # (n_e, 2I); F.linear also takes torchao weights
         hidden = gelu_tanh(gate_and_up[:, :inter]) * gate_and_up[:, inter:]  # (n_e, I)
-        y = (hidden @ down[expert].T) * top_k_weights[token, slot, None]  # (n_e, H)
+        y = F.linear(hidden, down[expert]) * top_k_weights[token, slot, None]  # (n_e, H)
         out.index_add_(0, token, y.to(out.dtype))
     return out
 
