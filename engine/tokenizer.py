@@ -10,10 +10,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .constants import FILLER, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from .errors import CheckpointError
 
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
-FILLER = "<|filler|>"
 # other spellings seen in public checkpoints
 _FIM_ALIASES = {
     FIM_PREFIX: ("<fim_prefix>", "<|fim▁begin|>"),
