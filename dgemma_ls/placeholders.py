@@ -70,29 +70,32 @@ def _todo_lines(text: str, line_start: int, line_end: int) -> list[FillTarget]:
     return [FillTarget(first, line_start + len(line.rstrip()), "todo", "block", match.group(1))]
 
 
-def _collect(tree: SyntaxTree, node: Node, low: int, high: int, out: list[FillTarget]) -> None:
-    """Placeholders in node's subtree that touch the byte range [low, high]."""
-    if node.end_byte < low or node.start_byte > high:
-        return
-    if node.type in _FUNCTIONS:
-        body = node.child_by_field_name("body")
-        if body is not None:
-            target = _empty_body(tree, body)
-            if target is not None:
-                out.append(target)
-    elif node.type == "comment" and _alone_on_line(tree, node) and _touches(node, low, high):
-        match = _TODO.match(node.text.decode("utf-8", errors="replace"))
-        if match:
-            start, end = tree.node_span(node)
-            out.append(FillTarget(start, end, "todo", "block", match.group(1)))
-    elif node.type == "expression_statement" and _is_ellipsis(node) and _touches(node, low, high):
-        out.append(_with_todo(tree, node, "ellipsis"))
-    elif node.type == "pass_statement" and _touches(node, low, high):
-        comment = _trailing_comment(node)
-        if comment is not None and _TODO.match(comment.text.decode("utf-8", errors="replace")):
-            out.append(_with_todo(tree, node, "todo"))
-    for child in node.children:
-        _collect(tree, child, low, high, out)
+def _collect(tree: SyntaxTree, root: Node, low: int, high: int, out: list[FillTarget]) -> None:
+    """Placeholders in root's subtree that touch the byte range [low, high], in document
+    order. A walk with its own stack: a 1,000-deep list literal is a valid program."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.end_byte < low or node.start_byte > high:
+            continue
+        if node.type in _FUNCTIONS:
+            body = node.child_by_field_name("body")
+            if body is not None:
+                target = _empty_body(tree, body)
+                if target is not None:
+                    out.append(target)
+        elif node.type == "comment" and _alone_on_line(tree, node) and _touches(node, low, high):
+            match = _TODO.match(node.text.decode("utf-8", errors="replace"))
+            if match:
+                start, end = tree.node_span(node)
+                out.append(FillTarget(start, end, "todo", "block", match.group(1)))
+        elif node.type == "expression_statement" and _is_ellipsis(node) and _touches(node, low, high):
+            out.append(_with_todo(tree, node, "ellipsis"))
+        elif node.type == "pass_statement" and _touches(node, low, high):
+            comment = _trailing_comment(node)
+            if comment is not None and _TODO.match(comment.text.decode("utf-8", errors="replace")):
+                out.append(_with_todo(tree, node, "todo"))
+        stack.extend(reversed(node.children))
 
 
 def _touches(node: Node, low: int, high: int) -> bool:

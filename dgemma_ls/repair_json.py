@@ -2,7 +2,8 @@
 first (quotes, Python literals, unquoted keys, comments), then the model for the spans
 tree-sitter-json marks broken, then deterministic structural fixes, and required keys from
 a JSON Schema. `json` is the judge of the result. Knows nothing of LSP or of the engine:
-the model comes in as a `fill(prefix, suffix, max_tokens) -> list[str]` callable."""
+the model comes in as a `fill(prefix, suffix, max_tokens) -> list[str]` callable, asked a
+bounded number of times, and not at all past a size or nesting bound (the notes say so)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ from typing import Callable, Iterator
 from .syntax import SyntaxTree
 
 Fill = Callable[[str, str, int], "list[str] | None"]
+StopPredicate = Callable[[], bool]
 
 MAX_MODEL_HOLES = 8
+MAX_MODEL_VALUES = 16  # values of required keys the model writes in one repair; the rest take defaults
+# Every model call re-parses the document (tree-sitter, ~0.1 s per MB) to judge a candidate;
+# above this the repair uses its rules alone.
+MAX_MODEL_CHARS = 200_000
+# json.loads recurses once per level, and Python's recursion limit (1000) is shared with its
+# caller's frames: deeper documents are left as they are, with a note.
+MAX_NESTING = 500
+MAX_SCHEMA_DEPTH = 32  # a schema whose $refs recurse gets defaults this deep at most
 PREFIX_CHARS = 4000  # how much text around a hole the model sees
 SUFFIX_CHARS = 1000
 
@@ -34,6 +44,7 @@ _TOKEN = re.compile(
 _LITERALS = {"true": "true", "false": "false", "null": "null", "True": "true", "False": "false",
              "None": "null", "undefined": "null"}
 _CLOSE = {"{": "}", "[": "]"}
+_BRACKET_OR_STRING = re.compile(r"""[\[\]{}]|"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?""")
 _DEFAULTS = {"string": "", "number": 0, "integer": 0, "boolean": False, "array": [], "object": {},
              "null": None}
 
@@ -339,9 +350,26 @@ class _Fixer:
 def _valid(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
+
+
+def nesting(text: str) -> int:
+    """How deep brackets nest in text, strings skipped (a linear scan: no recursion)."""
+    depth = deepest = 0
+    for match in _BRACKET_OR_STRING.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _stopped(should_stop: StopPredicate | None) -> bool:
+    return should_stop is not None and should_stop()
 
 
 def _data(text: str) -> list[str]:
@@ -379,11 +407,13 @@ def _error_count(text: str) -> int:
     return SyntaxTree(text, "json").error_count()
 
 
-def _model_pass(text: str, fill: Fill) -> tuple[str, bool]:
+def _model_pass(text: str, fill: Fill, should_stop: StopPredicate | None) -> tuple[str, bool]:
     """Let the model rewrite the broken spans, one at a time, keeping a rewrite only if it
     keeps the span's data and leaves the document valid or with fewer errors."""
     used = False
     for _ in range(MAX_MODEL_HOLES):
+        if _stopped(should_stop):
+            break
         holes = _holes(text)
         if not holes:
             break
@@ -406,18 +436,28 @@ def _model_pass(text: str, fill: Fill) -> tuple[str, bool]:
     return text, used
 
 
-def repair_json(text: str, fill: Fill | None = None, schema: dict | None = None) -> RepairResult:
+def repair_json(
+    text: str, fill: Fill | None = None, schema: dict | None = None, should_stop: StopPredicate | None = None
+) -> RepairResult:
     """Repair text into valid JSON without losing the user's data, and add the keys schema
-    requires. Text that is valid and complete comes back unchanged."""
+    requires. Text that is valid and complete comes back unchanged; so does text nested
+    deeper than MAX_NESTING. Once should_stop() is true the model is asked nothing more: the
+    rules finish the repair."""
+    if nesting(text) > MAX_NESTING:
+        return RepairResult(text, False, False, [f"nesting deeper than {MAX_NESTING} levels: not repaired"],
+                            _valid(text))
     notes: list[str] = []
     used_model = False
     repaired = text
+    if fill is not None and len(text) > MAX_MODEL_CHARS:
+        fill = None
+        notes.append(f"larger than {MAX_MODEL_CHARS // 1000} KB: repaired by rules alone, without the model")
     if not _valid(text):
         lexical = _Fixer(text, structural=False)
         repaired = lexical.run()
         notes += lexical.notes
         if not _valid(repaired) and fill is not None:
-            repaired, used_model = _model_pass(repaired, fill)
+            repaired, used_model = _model_pass(repaired, fill, should_stop)
             if used_model:
                 notes.append("model rewrote broken spans")
         if not _valid(repaired):
@@ -428,7 +468,7 @@ def repair_json(text: str, fill: Fill | None = None, schema: dict | None = None)
     if not valid:
         notes.append("could not make the JSON valid")
     elif schema:
-        repaired, schema_notes, schema_model = _add_required(repaired, schema, fill)
+        repaired, schema_notes, schema_model = _add_required(repaired, schema, fill, should_stop)
         notes += schema_notes
         used_model = used_model or schema_model
     return RepairResult(repaired, repaired != text, used_model, notes, valid)
@@ -458,9 +498,10 @@ def _schema_types(schema: dict) -> list[str]:
     return [kind] if isinstance(kind, str) else []
 
 
-def default_value(schema: dict, root: dict):
+def default_value(schema: dict, root: dict, depth: int = 0):
     """A value that satisfies the simple parts of schema: its default, const, first enum
-    value, or the empty value of its type (objects with their own required keys)."""
+    value, or the empty value of its type (objects with their own required keys, down to
+    MAX_SCHEMA_DEPTH: below it an object that requires itself gets null)."""
     schema = _resolve(schema, root)
     for key in ("default", "const"):
         if key in schema:
@@ -470,8 +511,10 @@ def default_value(schema: dict, root: dict):
     types = _schema_types(schema)
     kind = types[0] if types else ("object" if "properties" in schema else "null")
     if kind == "object":
+        if depth >= MAX_SCHEMA_DEPTH:
+            return None
         properties = schema.get("properties", {})
-        return {key: default_value(properties.get(key, {}), root) for key in schema.get("required", [])}
+        return {key: default_value(properties.get(key, {}), root, depth + 1) for key in schema.get("required", [])}
     return _DEFAULTS.get(kind)
 
 
@@ -491,8 +534,11 @@ def _matches_type(value, schema: dict) -> bool:
     return not types or any(checks.get(kind, lambda v: True)(value) for kind in types)
 
 
-def _add_required(text: str, schema: dict, fill: Fill | None) -> tuple[str, list[str], bool]:
-    """Insert the keys the schema requires that the document's objects lack."""
+def _add_required(
+    text: str, schema: dict, fill: Fill | None, should_stop: StopPredicate | None
+) -> tuple[str, list[str], bool]:
+    """Insert the keys the schema requires that the document's objects lack; the model writes
+    their values when there are at most MAX_MODEL_VALUES of them."""
     tree = SyntaxTree(text, "json")
     value = next((n for n in tree.tree.root_node.named_children if n.type != "comment"), None)
     insertions: list[tuple[int, str, str, dict]] = []  # (offset, lead, key, schema)
@@ -500,12 +546,16 @@ def _add_required(text: str, schema: dict, fill: Fill | None) -> tuple[str, list
         _collect_missing(tree, value, schema, schema, insertions)
     notes: list[str] = []
     used_model = False
+    if fill is not None and len(insertions) > MAX_MODEL_VALUES:
+        fill = None
+        notes.append(f"{len(insertions)} required keys missing: more than the {MAX_MODEL_VALUES} values the model "
+                     "writes in one repair, so all took the schema's defaults")
     # From the end, and among keys inserted at one offset the last first, so offsets hold.
     ordered = sorted(enumerate(insertions), key=lambda item: (item[1][0], item[0]), reverse=True)
     for _, (offset, lead, key, key_schema) in ordered:
         head = text[:offset] + lead + json.dumps(key) + ": "
         value_text = None
-        if fill is not None:
+        if fill is not None and not _stopped(should_stop):
             value_text = _model_value(fill, head, text[offset:], key_schema, schema)
             used_model = used_model or value_text is not None
         if value_text is None:

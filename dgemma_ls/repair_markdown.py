@@ -2,21 +2,28 @@
 (a row with more cells widens the header, no cell with text is dropped), the delimiter row
 is added or fixed with its alignment markers kept, empty cells can be filled by the model,
 and pipes are aligned by display width. Knows nothing of LSP or of the engine: the model
-comes in as a `fill(prefix, suffix, max_tokens) -> list[str]` callable."""
+comes in as a `fill(prefix, suffix, max_tokens) -> list[str]` callable, asked about a bounded
+number of cells, each with the cell's neighbourhood (header and nearby rows) as its prompt."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .syntax import SyntaxTree
 
 Fill = Callable[[str, str, int], "list[str] | None"]
+StopPredicate = Callable[[], bool]
 
 MAX_CELL_TOKENS = 16
 MAX_CELL_CHARS = 80
+# One model call per empty cell: a table with more blanks than this is sparse on purpose (or
+# malformed), and filling it would invent content and hold the model for minutes.
+MAX_FILL_CELLS = 16
+ROWS_BEFORE, ROWS_AFTER = 8, 4  # body rows around a cell that its prompt shows, besides the header
+PREFIX_CHARS, SUFFIX_CHARS = 2000, 500  # a cap on the prompt when the rows themselves are long
 _SPLIT = re.compile(r"(?<!\\)\|")
 _DELIMITER_CELL = re.compile(r":?-+:?")
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
@@ -32,6 +39,15 @@ class TableSpan:
     start: int
     end: int
     source: str  # "grammar": a pipe_table node; "lines": rows the grammar did not take
+
+
+@dataclass
+class TableRepair:
+    """The repaired text, and what the repair could not or would not do, in words."""
+
+    text: str
+    notes: list[str] = field(default_factory=list)
+    used_model: bool = False
 
 
 def display_width(text: str) -> int:
@@ -156,23 +172,45 @@ def _render(indent: str, header: list[str], alignments: list[str], body: list[li
     return lines
 
 
-def _plain(header: list[str], body: list[list[str]], alignments: list[str]) -> str:
-    """The table without padding: what the model sees around an empty cell."""
-    rows = [header, [_delimiter(a, 3) for a in alignments]] + body
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+def _line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
-def _fill_cells(header: list[str], body: list[list[str]], alignments: list[str], fill: Fill) -> None:
-    """Ask the model for each empty cell, top to bottom, so later cells see earlier ones."""
-    for r, row in enumerate([header] + body):
-        for c, cell in enumerate(row):
-            if cell:
-                continue
-            row[c] = "\0"
-            table = _plain(header, body, alignments)
-            prefix, suffix = table.split("\0")
-            prefix = prefix.rstrip(" ") + " "
-            row[c] = _cell_candidate(fill(prefix, suffix, MAX_CELL_TOKENS) or [])
+def _cell_prompt(header: list[str], body: list[list[str]], alignments: list[str], r: int, c: int) -> tuple[str, str]:
+    """The prefix and suffix around cell c of row r (0 is the header, r the r-th body row):
+    the header and delimiter rows, up to ROWS_BEFORE body rows before and ROWS_AFTER after,
+    never the whole table."""
+    delimiter = _line([_delimiter(a, 3) for a in alignments])
+    if r == 0:
+        before, after = [], [delimiter] + [_line(row) for row in body[:ROWS_AFTER]]
+    else:
+        before = [_line(header), delimiter] + [_line(row) for row in body[max(0, r - 1 - ROWS_BEFORE) : r - 1]]
+        after = [_line(row) for row in body[r : r + ROWS_AFTER]]
+    row = header if r == 0 else body[r - 1]
+    prefix = "".join(line + "\n" for line in before) + "| " + "".join(cell + " | " for cell in row[:c])
+    suffix = "".join(" | " + cell for cell in row[c + 1 :]) + " |\n" + "".join(line + "\n" for line in after)
+    return prefix[-PREFIX_CHARS:], suffix[:SUFFIX_CHARS]
+
+
+def _fill_cells(
+    header: list[str],
+    body: list[list[str]],
+    alignments: list[str],
+    cells: list[tuple[int, int]],
+    fill: Fill,
+    should_stop: StopPredicate | None,
+    repair: TableRepair,
+) -> None:
+    """Ask the model for each cell (row, column), top to bottom, so later cells see earlier
+    ones; stop asking once should_stop() is true."""
+    for done, (r, c) in enumerate(cells):
+        if should_stop is not None and should_stop():
+            repair.notes.append(f"stopped: {len(cells) - done} empty cells were not filled")
+            return
+        prefix, suffix = _cell_prompt(header, body, alignments, r, c)
+        row = header if r == 0 else body[r - 1]
+        row[c] = _cell_candidate(fill(prefix, suffix, MAX_CELL_TOKENS) or [])
+        repair.used_model = repair.used_model or bool(row[c])
 
 
 def _cell_candidate(candidates: list[str]) -> str:
@@ -185,33 +223,54 @@ def _cell_candidate(candidates: list[str]) -> str:
     return ""
 
 
-def repair_table(text_of_table: str, fill: Fill | None = None) -> str:
+def repair_table(
+    text_of_table: str, fill: Fill | None = None, should_stop: StopPredicate | None = None, first_line: int = 1
+) -> TableRepair:
     """One table, repaired and aligned. The line break style and a final line break are
-    kept; so is the indentation of the first row."""
+    kept; so is the indentation of the first row. The model fills empty cells of the
+    header's own columns, at most MAX_FILL_CELLS of them; columns that exist only because a
+    row has more cells than the header are a malformed row, kept and never filled.
+    `first_line` (1-based) is the table's line in its document, for the notes."""
     newline = "\r\n" if "\r\n" in text_of_table else "\n"
     stripped = text_of_table.rstrip("\r\n")
     trailing = text_of_table[len(stripped) :]
-    lines = [line.rstrip("\r") for line in stripped.split("\n") if line.strip()]
+    lines = [(number, line.rstrip("\r")) for number, line in enumerate(stripped.split("\n"), first_line) if line.strip()]
     if not lines:
-        return text_of_table
-    indent = lines[0][: len(lines[0]) - len(lines[0].lstrip(" "))]
-    rows = [_cells(line) for line in lines]
+        return TableRepair(text_of_table)
+    indent = lines[0][1][: len(lines[0][1]) - len(lines[0][1].lstrip(" "))]
+    numbers = [number for number, _ in lines]
+    rows = [_cells(line) for _, line in lines]
 
     if len(rows) > 1 and _is_delimiter(rows[1]):
-        header, delimiter, body = rows[0], rows[1], rows[2:]
+        header, delimiter, body, numbers = rows[0], rows[1], rows[2:], numbers[2:]
     elif _is_delimiter(rows[0]) and len(rows) > 1:
-        header, delimiter, body = [], rows[0], rows[1:]
+        header, delimiter, body, numbers = [], rows[0], rows[1:], numbers[1:]
     else:
-        header, delimiter, body = rows[0], [], rows[1:]
+        header, delimiter, body, numbers = rows[0], [], rows[1:], numbers[1:]
 
-    columns = max([len(header)] + [_used(row) for row in body] + [1])
+    repair = TableRepair("")
+    own = len(header) or len(delimiter)  # the columns the table declares
+    long_rows = [number for number, row in zip(numbers, body) if _used(row) > own]
+    if long_rows:
+        where = f"line {long_rows[0]}" if len(long_rows) == 1 else f"{len(long_rows)} rows (first: line {long_rows[0]})"
+        repair.notes.append(
+            f"{where}: more cells than the header's {own}; the extra cells are kept in new columns, left empty elsewhere"
+        )
+    columns = max([own] + [_used(row) for row in body] + [1])
+    fillable = [(0, c) for c in range(len(header)) if not header[c]] if header else []
+    fillable += [(r, c) for r, row in enumerate(body, 1) for c in range(own) if c >= len(row) or not row[c]]
     header = header + [""] * (columns - len(header))
     body = [row[:columns] + [""] * (columns - len(row)) for row in body]
     alignments = [_alignment(cell) for cell in delimiter][:columns]
     alignments += [""] * (columns - len(alignments))
-    if fill is not None:
-        _fill_cells(header, body, alignments, fill)
-    return newline.join(_render(indent, header, alignments, body)) + trailing
+    if fill is not None and len(fillable) > MAX_FILL_CELLS:
+        repair.notes.append(
+            f"{len(fillable)} empty cells: more than the {MAX_FILL_CELLS} the model fills in one repair, so none were filled"
+        )
+    elif fill is not None:
+        _fill_cells(header, body, alignments, fillable, fill, should_stop, repair)
+    repair.text = newline.join(_render(indent, header, alignments, body)) + trailing
+    return repair
 
 
 def _used(row: list[str]) -> int:
@@ -219,12 +278,25 @@ def _used(row: list[str]) -> int:
     return max((i + 1 for i, cell in enumerate(row) if cell), default=0)
 
 
-def repair_tables(text: str, fill: Fill | None = None, start: int | None = None, end: int | None = None) -> str:
-    """text with every table repaired, or only those touching [start, end]."""
+def repair_tables(
+    text: str,
+    fill: Fill | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    should_stop: StopPredicate | None = None,
+) -> TableRepair:
+    """text with every table repaired, or only those touching [start, end]. Once
+    should_stop() is true the model is asked nothing more: the tables still get their
+    deterministic repair and the notes say what was left empty."""
+    result = TableRepair(text)
     for table in reversed(find_tables(text)):
         if start is not None and table.end < start:
             continue
         if end is not None and table.start > end:
             continue
-        text = text[: table.start] + repair_table(text[table.start : table.end], fill) + text[table.end :]
-    return text
+        first_line = text.count("\n", 0, table.start) + 1
+        repair = repair_table(text[table.start : table.end], fill, should_stop, first_line)
+        result.text = result.text[: table.start] + repair.text + result.text[table.end :]
+        result.notes[:0] = repair.notes
+        result.used_model = result.used_model or repair.used_model
+    return result

@@ -69,6 +69,25 @@ def test_find_fill_targets(language, marked, expected):
     assert targets(language, marked) == expected
 
 
+DEEP_LIST = "[" * 1200 + "]" * 1200
+DEEP_CALL = "f(" * 1500 + ")" * 1500
+
+
+@pytest.mark.parametrize(
+    "language, marked, expected",
+    [
+        ("python", f"x = {DEEP_LIST}‸\n", []),
+        ("python", f"def f():\n    x = {DEEP_LIST}\n    ...‸\n", [("ellipsis", "...", "block", "")]),
+        ("python", f"def f():‸\n    pass  # TODO: {DEEP_LIST}\n", [("todo", f"pass  # TODO: {DEEP_LIST}", "block", f"TODO: {DEEP_LIST}")]),
+        ("javascript", f"const a = {DEEP_LIST};\nfunction f() {{}}‸\n", [("empty_body", "", "block", "")]),
+        ("typescript", f"{DEEP_CALL};‸\n", []),
+    ],
+    ids=["python-list", "python-list-then-ellipsis", "python-todo", "javascript-array", "typescript-calls"],
+)
+def test_deep_nesting_is_walked_without_recursion(language, marked, expected):
+    assert targets(language, marked) == expected
+
+
 @pytest.mark.parametrize(
     "language, text, placeholder, expected_prefix, expected_suffix",
     [

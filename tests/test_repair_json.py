@@ -5,7 +5,14 @@ import json
 
 import pytest
 
-from dgemma_ls.repair_json import default_value, repair_json
+from dgemma_ls.repair_json import (
+    MAX_MODEL_CHARS,
+    MAX_MODEL_VALUES,
+    MAX_NESTING,
+    MAX_SCHEMA_DEPTH,
+    default_value,
+    repair_json,
+)
 from dgemma_ls.textedits import apply_edits, minimal_edits
 
 
@@ -101,6 +108,41 @@ def test_valid_json_does_not_call_the_model():
     assert model.calls == []
 
 
+DEEP = f"nesting deeper than {MAX_NESTING} levels: not repaired"
+
+
+@pytest.mark.parametrize(
+    "text, expected, notes, valid",
+    [
+        # deeper than json.loads can judge: left as it is, with a note instead of a RecursionError
+        ("[" * 10_000 + "]" * 10_000, None, [DEEP], False),
+        ("[" * 10_000, None, [DEEP], False),
+        ('{"a":' * 3000 + "1" + "}" * 2999, None, [DEEP], False),
+        # brackets inside strings do not count
+        ('["' + "[" * 10_000 + '"', '["' + "[" * 10_000 + '"]', ["closed unclosed brackets"], True),
+        # as deep as the bound: repaired as usual
+        ("[" * MAX_NESTING, "[" * MAX_NESTING + "]" * MAX_NESTING, ["closed unclosed brackets"], True),
+    ],
+)
+def test_deep_nesting(text, expected, notes, valid):
+    result = repair_json(text, fill=Model(["never"]))
+    assert (result.text, result.notes, result.valid, result.used_model) == (expected or text, notes, valid, False)
+
+
+def test_a_large_document_is_repaired_by_rules_alone():
+    model = Model(['"a": 1,'])
+    text = '{"a": 1 "b": 2, "pad": "' + "x" * MAX_MODEL_CHARS + '"}'
+    result = repair_json(text, fill=model)
+    assert (model.calls, result.valid, result.used_model) == ([], True, False)
+    assert result.notes[0] == f"larger than {MAX_MODEL_CHARS // 1000} KB: repaired by rules alone, without the model"
+
+
+def test_should_stop_ends_the_model_calls_and_the_rules_finish():
+    model = Model(['"a": 1,'])
+    result = repair_json('{"a": 1 "b": 2}', fill=model, should_stop=lambda: True)
+    assert (model.calls, result.text, result.used_model) == ([], '{"a": 1, "b": 2}', False)
+
+
 SCHEMA = {
     "type": "object",
     "required": ["name", "version", "private", "engines"],
@@ -141,6 +183,31 @@ def test_schema_required_keys_are_added(document, answers, expected):
     result = repair_json(document, fill=Model(*answers) if answers else None, schema=SCHEMA)
     assert result.text == expected
     assert result.valid
+
+
+def test_many_missing_keys_take_defaults_without_the_model():
+    schema = {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}}
+    model = Model(*[["7"]] * (MAX_MODEL_VALUES + 1))
+    result = repair_json(json.dumps([{}] * (MAX_MODEL_VALUES + 1)), fill=model, schema=schema)
+    assert json.loads(result.text) == [{"id": 0}] * (MAX_MODEL_VALUES + 1)
+    assert model.calls == []
+    assert f"{MAX_MODEL_VALUES + 1} required keys missing: more than the {MAX_MODEL_VALUES} values the model " \
+        "writes in one repair, so all took the schema's defaults" in result.notes
+
+
+def test_required_values_stop_asking_the_model_once_stopped():
+    schema = {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}}
+    model = Model(["7"], ["8"], ["9"])
+    result = repair_json("[{}, {}, {}]", fill=model, schema=schema, should_stop=lambda: len(model.calls) == 1)
+    assert (json.loads(result.text), len(model.calls)) == ([{"id": 0}, {"id": 0}, {"id": 7}], 1)
+
+
+def test_a_schema_that_requires_itself_gets_a_bounded_default():
+    schema = {"type": "object", "required": ["child"], "properties": {"child": {"$ref": "#"}}}
+    value, depth = default_value(schema, schema), 0
+    while value is not None:
+        value, depth = value["child"], depth + 1
+    assert depth == MAX_SCHEMA_DEPTH
 
 
 def test_default_value():

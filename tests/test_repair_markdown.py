@@ -1,9 +1,18 @@
 """Markdown tables: finding them, and repairing one (column counts, delimiter row,
-alignment markers, display-width padding, model-filled empty cells)."""
+alignment markers, display-width padding, model-filled empty cells, the bounds on the model
+calls: how many cells, how much prompt, when to stop)."""
 
 import pytest
 
-from dgemma_ls.repair_markdown import display_width, find_tables, repair_table, repair_tables
+from dgemma_ls.repair_markdown import (
+    MAX_FILL_CELLS,
+    PREFIX_CHARS,
+    SUFFIX_CHARS,
+    display_width,
+    find_tables,
+    repair_table,
+    repair_tables,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,7 +48,7 @@ from dgemma_ls.repair_markdown import display_width, find_tables, repair_table, 
     ],
 )
 def test_repair_table(table, expected):
-    assert repair_table(table) == expected
+    assert repair_table(table).text == expected
 
 
 class Model:
@@ -55,7 +64,7 @@ class Model:
 def test_empty_cells_are_filled_by_the_model_in_reading_order():
     model = Model(["qty"], ["3 | 4", "x"], ["\n", "too | "], ["fig\nmore"])
     table = "| name | |\n|---|---|\n| apple | |\n| pear | |\n|  | 2 |\n"
-    assert repair_table(table, fill=model) == (
+    assert repair_table(table, fill=model).text == (
         "| name  | qty |\n| ----- | --- |\n| apple | 3   |\n| pear  | too |\n| fig   | 2   |\n"
     )
     assert model.calls[0] == ("| name | ", " |\n| --- | --- |\n| apple |  |\n| pear |  |\n|  | 2 |\n")
@@ -63,9 +72,91 @@ def test_empty_cells_are_filled_by_the_model_in_reading_order():
 
 
 def test_cells_stay_empty_without_a_usable_candidate():
-    assert repair_table("|a|b|\n|-|-|\n|1||\n", fill=Model([None], ["|"])) == (
+    assert repair_table("|a|b|\n|-|-|\n|1||\n", fill=Model([None], ["|"])).text == (
         "| a   | b   |\n| --- | --- |\n| 1   |     |\n"
     )
+
+
+def table(header: str, rows: list[str]) -> str:
+    return "\n".join([header, "|" + "---|" * header.count("|", 1)] + rows) + "\n"
+
+
+# 17 cells left empty: one more than the model fills in one repair
+SPARSE = table("| a | b |", [f"| {i} | |" for i in range(MAX_FILL_CELLS + 1)])
+
+
+@pytest.mark.parametrize(
+    "source, answers, expected_rows, notes",
+    [
+        # a short row's missing cell is a cell to fill
+        ("|a|b|\n|-|-|\n|1|\n", [["x"]], ["| 1   | x   |"], []),
+        # a long row is a malformed row: its extra cells are kept, the new column is never filled
+        (
+            "|a|b|\n|-|-|\n|1|2|3|\n|4|5|\n",
+            [],
+            ["| 1   | 2   | 3   |", "| 4   | 5   |     |"],
+            ["line 3: more cells than the header's 2; the extra cells are kept in new columns, left empty elsewhere"],
+        ),
+        # no header row: an empty one is added, and the model does not name the columns
+        ("|---|---|\n|1||\n", [["x"]], ["|     |     |", "| 1   | x   |"], []),
+        # a table sparse on purpose: more empty cells than the bound, none filled
+        (
+            SPARSE,
+            [["x"]] * (MAX_FILL_CELLS + 1),
+            ["| 0   |     |", f"| {MAX_FILL_CELLS}  |     |"],
+            [f"{MAX_FILL_CELLS + 1} empty cells: more than the {MAX_FILL_CELLS} the model fills in one repair, so none were filled"],
+        ),
+    ],
+)
+def test_which_cells_the_model_fills(source, answers, expected_rows, notes):
+    model = Model(*answers)
+    repair = repair_table(source, fill=model)
+    assert [row for row in expected_rows if row not in repair.text.splitlines()] == []
+    assert (repair.notes, len(model.calls)) == (notes, len(answers) if not notes else 0)
+
+
+def test_one_long_row_in_a_long_table_costs_no_model_call_and_keeps_every_cell():
+    rows = [f"| {i} | item {i} |" for i in range(2000)]
+    rows[500] = "| " + " | ".join(f"z{k}" for k in range(12)) + " |"
+    source = table("| n | name |", rows)
+    model = Model()
+    repair = repair_tables("# Items\n\n" + source, fill=model)
+    assert model.calls == []
+    assert repair.text.startswith("# Items\n\n")
+    kept = [cell.strip() for line in repair.text.splitlines()[2:] for cell in line.split("|") if cell.strip()]
+    assert [cell.strip() for cell in source.replace("---", "").split("|") if cell.strip()] == [
+        cell for cell in kept if set(cell) != {"-"}
+    ]
+    assert repair.notes == [
+        "line 505: more cells than the header's 2; the extra cells are kept in new columns, left empty elsewhere"
+    ]
+
+
+def test_a_cell_prompt_is_its_neighbourhood_not_the_whole_table():
+    rows = [f"| {i} | v{i} |" for i in range(40)]
+    rows[30] = "| 30 | |"
+    model = Model(["x"])
+    repair_table(table("| n | v |", rows), fill=model)
+    (prefix, suffix), = model.calls
+    assert prefix == "| n | v |\n| --- | --- |\n" + "".join(f"| {i} | v{i} |\n" for i in range(22, 30)) + "| 30 | "
+    assert suffix == " |\n" + "".join(f"| {i} | v{i} |\n" for i in range(31, 35))
+
+
+def test_a_cell_prompt_is_capped_when_rows_are_long():
+    rows = [f"| {i} | {'w' * 10_000} |" for i in range(10)] + ["| 10 | |"] + [f"| {i} | {'w' * 10_000} |" for i in range(3)]
+    model = Model(["x"])
+    repair_table(table("| n | v |", rows), fill=model)
+    (prefix, suffix), = model.calls
+    assert (len(prefix), len(suffix)) == (PREFIX_CHARS, SUFFIX_CHARS)
+    assert prefix.endswith("| 10 | ") and suffix.startswith(" |\n| 0 | www")
+
+
+def test_should_stop_ends_the_model_calls_and_leaves_the_rest_empty():
+    model = Model(["p"], ["q"], ["r"], ["s"], ["t"])
+    source = table("| a | b |", [f"| {i} | |" for i in range(5)])
+    repair = repair_table(source, fill=model, should_stop=lambda: len(model.calls) == 2)
+    assert [line.split("|")[2].strip() for line in repair.text.splitlines()[2:]] == ["p", "q", "", "", ""]
+    assert repair.notes == ["stopped: 3 empty cells were not filled"]
 
 
 DOCUMENT = """# Title
@@ -100,7 +191,7 @@ def test_find_tables():
 
 
 def test_repair_tables_repairs_every_table_and_nothing_else():
-    assert repair_tables(DOCUMENT) == DOCUMENT.replace(
+    assert repair_tables(DOCUMENT).text == DOCUMENT.replace(
         "| a | b |\n|:--|--:|\n| 1 | 2 |\n| 3 |",
         "| a   |   b |\n| :-- | --: |\n| 1   |   2 |\n| 3   |     |",
     ).replace("| x | y |\n| 1 | 2 |", "| x   | y   |\n| --- | --- |\n| 1   | 2   |")
@@ -115,7 +206,7 @@ def test_repair_tables_repairs_every_table_and_nothing_else():
     ],
 )
 def test_repair_tables_in_a_range(start, end, changed):
-    repaired = repair_tables(DOCUMENT, start=start, end=end)
+    repaired = repair_tables(DOCUMENT, start=start, end=end).text
     assert ("| :-- | --: |" in repaired) == ("first" in changed)
     assert ("| --- | --- |\n| 1   | 2   |" in repaired) == ("second" in changed)
 
