@@ -52,10 +52,10 @@ def _moe_gate_up_kernel(
         a = tl.load(x_ptr + token[:, None] * stride_xt + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         wg = tl.load(w + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         wu = tl.load(w + (n[:, None] + I) * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        if W_SCALED:  # int8 codes, exact in the activation dtype
-            wg, wu = wg.to(a.dtype), wu.to(a.dtype)
         if DOT_FP32:
             a, wg, wu = a.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
+        elif W_SCALED:  # int8 codes, exact in the activation dtype
+            wg, wu = wg.to(a.dtype), wu.to(a.dtype)
         gate += tl.dot(a, tl.trans(wg), input_precision=DOT_PRECISION)
         up += tl.dot(a, tl.trans(wu), input_precision=DOT_PRECISION)
     if W_SCALED:
@@ -92,10 +92,10 @@ def _moe_down_kernel(
         a = tl.load(inter_ptr + m[:, None].to(tl.int64) * stride_it + k[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         b = tl.load(w + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        if W_SCALED:
-            b = b.to(a.dtype)
         if DOT_FP32:
             a, b = a.to(tl.float32), b.to(tl.float32)
+        elif W_SCALED:
+            b = b.to(a.dtype)
         acc += tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
     if W_SCALED:
         acc = acc * tl.load(ws_ptr + expert * stride_se + n, mask=n_ok, other=0.0)[None, :]
