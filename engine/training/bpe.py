@@ -4,17 +4,13 @@ Owns the special-token table and its fixed ids, the code-friendly pre-tokenizati
 training sample. Loading and using the tokenizer at run time is engine/tokenizer.py's job;
 this module knows nothing about the model.
 
-    python -m engine.training.bpe --corpus data/corpus --vocab-size 8192 \
+    dgemma bpe --corpus data/corpus --vocab-size 8192 \
         --out engine/default_model/tokenizer.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -93,30 +89,3 @@ def bytes_per_token(tokenizer: Tokenizer, documents: Iterable[dict]) -> dict[str
                        "tokens_per_line": round(t["tokens"] / t["lines"], 2),
                        "bytes": t["bytes"]}
             for language, t in sorted(totals.items())}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", default="data/corpus")
-    parser.add_argument("--vocab-size", default=8192, type=int)
-    parser.add_argument("--out", default="engine/default_model/tokenizer.json", type=Path)
-    parser.add_argument("--sample-scale", default=1.0, type=float,
-                        help="multiply the per-language training budgets (quick experiments)")
-    args = parser.parse_args(argv)
-    budget = {k: int(v * args.sample_scale) for k, v in TRAINING_SAMPLE_BYTES.items()}
-    started = time.time()
-    sample = language_sample(args.corpus, "train", budget)
-    tokenizer = train_tokenizer((document["text"] for document in sample), args.vocab_size)
-    trained_seconds = time.time() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(args.out))
-    heldout = language_sample(args.corpus, "heldout",
-                              {language: HELDOUT_SAMPLE_BYTES for language in budget})
-    report = {"vocab_size": tokenizer.get_vocab_size(),
-              "train_seconds": round(trained_seconds, 1),
-              "heldout": bytes_per_token(tokenizer, heldout)}
-    print(json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -4,12 +4,11 @@ Owns discovery (Python stdlib, site-packages, node_modules, vetted doc trees), l
 filtering, quality filters, exact and near-duplicate removal, the by-file held-out split and
 the streaming reader the trainer uses. Knows nothing about tokenization or the model.
 
-    python -m engine.training.corpus --out data/corpus
+    dgemma corpus --out data/corpus
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import email
 import hashlib
@@ -17,7 +16,6 @@ import importlib.metadata
 import json
 import multiprocessing
 import re
-import sys
 import sysconfig
 import time
 import zlib
@@ -502,21 +500,3 @@ def iter_documents(path: str, split: str) -> Iterator[dict]:
     with open(Path(path) / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="data/corpus", type=Path)
-    parser.add_argument("--max-mb", default=400, type=int,
-                        help="sample the largest language down to fit this many MB")
-    parser.add_argument("--workers", default=2, type=int)
-    args = parser.parse_args(argv)
-    composition = build_corpus(default_candidates(), args.out, args.max_mb * 1_000_000,
-                               workers=args.workers)
-    json.dump({k: composition[k] for k in ("files", "bytes", "dropped", "by_language",
-                                           "build_seconds")}, sys.stdout, indent=2)
-    print()
-
-
-if __name__ == "__main__":
-    main()

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import EngineError
+from .provenance import stamp
 
 CORPUS_DIR = Path("data/corpus")  # relative to the working directory, as every output under runs/
 EVAL_DIR = Path("runs/eval")
@@ -379,11 +380,12 @@ def markdown(summary: dict) -> str:
 
 def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
                    max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
-                   timeout: float = TIMEOUT_S, decoder: str = "diffusion") -> dict:
+                   timeout: float = TIMEOUT_S, decoder: str = "diffusion", corpus: str | Path = CORPUS_DIR) -> dict:
     """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
     the empty-completion baseline from the same run. `decoder="causal"` scores the same checkpoint's
     left-to-right baseline (CausalBaseline) instead. Prints a Markdown table; writes the summary to
-    `out_json` (default runs/eval/<benchmark>[.baseline].json) with completions beside it."""
+    `out_json` (default runs/eval/<benchmark>[.baseline].json, stamped with the commit and command
+    line) with completions beside it; `corpus` holds the held-out split for `heldout`."""
     if benchmark not in BENCHMARKS:
         raise EngineError(f"unknown benchmark {benchmark!r}; use one of {', '.join(BENCHMARKS)}")
     path = Path(benchmarks_dir or benchmarks_root() / "humaneval-infilling") / BENCHMARKS[benchmark]
@@ -421,16 +423,16 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         **(_speed([f.ms for f in filled], [f.tokens_per_forward for f in filled]) if engine is not None
            else _speed([], [])),
         "heldout": None,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if heldout and engine is not None:
         held = CausalBaseline(model_engine, one_line=True) if decoder == "causal" else engine
-        summary["heldout"] = eval_heldout(held, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens)
+        summary["heldout"] = eval_heldout(held, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens,
+                                          corpus=corpus)
     print(markdown(summary))
 
     out_json = Path(out_json) if out_json else EVAL_DIR / f"{benchmark}{'.baseline' if engine is None else ''}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(summary, indent=2) + "\n")
+    out_json.write_text(json.dumps({**stamp(), "kind": "eval-infilling", **summary}, indent=2) + "\n")
     with open(out_json.with_suffix(".completions.jsonl"), "w", encoding="utf-8") as f:
         for fl, outcome in zip(filled, model_outcomes):
             f.write(json.dumps({**asdict(fl), **asdict(outcome)}) + "\n")

@@ -3,25 +3,28 @@ context tokens), averaged over seeds, with the paired difference against the fir
 A benchmark on the validation split (never HumanEval), not a test; it chose the model's default
 steps and the engine's canvas context (the model card's steps table):
 
-    python -m engine.training.sweep --model engine/default_model [--steps 8 6 4 3 2] [--context 8]
-    python -m engine.training.sweep --context 32 16 8 4 --steps 8 --only single-line
+    dgemma sweep --model engine/default_model [--steps 8 6 4 3 2] [--context 8]
+    dgemma sweep --context 32 16 8 4 --steps 8 --only single-line
 
 Single-line holes: `evaluate.heldout_holes` (300, three seeds, the server's 24-token line hole);
 three-line holes: three consecutive non-blank lines (`heldout_holes(lines=3)`: 200, two seeds, a
-48-token hole). One torch
-thread, the compiled step (`Engine.compile`), ~2 min per row on one core.
+48-token hole). The compiled step (`Engine.compile`), ~2 min per row on one core
+(`dgemma --threads 1 sweep` on a shared machine).
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import statistics
+from collections.abc import Iterator
 
-import torch
+from ..api import Engine
+from .evaluate import heldout_holes, postprocess
 
-from ..api import DEFAULT_MODEL, Engine
-from .evaluate import CORPUS_DIR, heldout_holes, postprocess
+HOLE_SETS = {  # name: (holes, seed of the hole draw, lines per hole, hole tokens, sampling seeds, post-processing)
+    "single-line": (300, 0, 1, 24, (0, 1, 2), "single-line"),
+    "three-line": (200, 5, 3, 48, (0, 1), None),
+}
 
 
 def similarity(engine: Engine, holes, *, hole: int, kind: str | None, seed: int, **options) -> list[float]:
@@ -33,36 +36,23 @@ def similarity(engine: Engine, holes, *, hole: int, kind: str | None, seed: int,
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL))
-    parser.add_argument("--steps", type=int, nargs="+", default=[8, 6, 4, 3, 2])
-    parser.add_argument("--context", type=int, nargs="+", default=[8], help="clamped canvas tokens a side")
-    parser.add_argument("--only", choices=["single-line", "three-line"], default=None)
-    parser.add_argument("--corpus", default=str(CORPUS_DIR))
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    engine = Engine.load(args.model, compile=True)
-    single, triple = ([(h["prompt"], h["middle"], h["suffix"]) for h in heldout_holes(args.corpus, n, seed=seed, lines=k)]
-                      for n, seed, k in ((300, 0, 1), (200, 5, 3)))
-    sets = [("single-line", single, 24, (0, 1, 2), "single-line"), ("three-line", triple, 48, (0, 1), None)]
-    configs = [(s, c) for c in args.context for s in args.steps]
-    for name, holes, hole, seeds, kind in sets:
-        if args.only not in (None, name):
+def sweep(engine: Engine, corpus, steps: list[int], contexts: list[int], only: str | None = None) -> Iterator[dict]:
+    """One row per hole set x (steps, context): mean edit similarity over holes and seeds, per
+    seed, and the paired difference against the set's first row with its standard error."""
+    for name, (n, draw_seed, lines, hole, seeds, kind) in HOLE_SETS.items():
+        if only not in (None, name):
             continue
+        holes = [(h["prompt"], h["middle"], h["suffix"]) for h in heldout_holes(corpus, n, seed=draw_seed, lines=lines)]
         base = None
-        for steps, context in configs:
-            runs = [similarity(engine, holes, hole=hole, kind=kind, seed=seed, steps=steps, context_tokens=context)
-                    for seed in seeds]
-            per_hole = [statistics.fmean(values) for values in zip(*runs)]
-            base = base or per_hole
-            diff = [a - b for a, b in zip(per_hole, base)]
-            se = statistics.stdev(diff) / len(diff) ** 0.5 if any(diff) else 0.0
-            print(f"{name} ({len(holes)} holes x {len(seeds)} seeds) steps {steps} context {context}: edit "
-                  f"similarity {statistics.fmean(per_hole):.3f} (seeds {', '.join(f'{statistics.fmean(r):.3f}' for r in runs)})"
-                  f", vs the first row {statistics.fmean(diff):+.3f} ± {se:.3f}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        for context in contexts:
+            for step_count in steps:
+                runs = [similarity(engine, holes, hole=hole, kind=kind, seed=seed, steps=step_count,
+                                   context_tokens=context) for seed in seeds]
+                per_hole = [statistics.fmean(values) for values in zip(*runs)]
+                base = base or per_hole
+                diff = [a - b for a, b in zip(per_hole, base)]
+                yield {"holes": name, "n": len(holes), "seeds": len(seeds), "steps": step_count, "context": context,
+                       "edit_similarity": statistics.fmean(per_hole),
+                       "per_seed": [statistics.fmean(r) for r in runs],
+                       "vs_first": statistics.fmean(diff),
+                       "vs_first_se": statistics.stdev(diff) / len(diff) ** 0.5 if any(diff) else 0.0}

@@ -14,7 +14,6 @@ cross-entropy over canvas targets, logits softcapped at 30.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -469,20 +468,3 @@ def export_model(run: str | Path, dest: str | Path, *, steps: int | None = None,
         gen["ignore_noise_tokens"] = ignore_noise_tokens
     (dest / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     return state
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="dgemma train", description=__doc__.splitlines()[0])
-    for f in TrainConfig.__dataclass_fields__.values():
-        if isinstance(f.default, bool):
-            parser.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    train(TrainConfig(**vars(args)))
-
-
-if __name__ == "__main__":
-    main()

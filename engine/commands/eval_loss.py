@@ -1,0 +1,39 @@
+"""`dgemma eval-loss`: the training objective on the held-out corpus split, fixed seed; with
+--compare, the paired difference of a second checkpoint on the same rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("--model", default=None, help="checkpoint directory (default: embedded)")
+    p.add_argument("--corpus", default="data/corpus")
+    p.add_argument("--rows", type=int, default=64, help="held-out rows of the trained context (default 64)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per row (default 512, the trained context)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", metavar="DIR", default=None,
+                   help="also score DIR on the same rows; print the paired difference DIR - MODEL per loss")
+
+
+def run(args) -> int:
+    from engine.api import DEFAULT_MODEL
+    from engine.training.train import heldout_loss, paired_difference
+
+    if not (Path(args.corpus) / "heldout.jsonl").is_file():
+        print(f"dgemma: error: {args.corpus}/heldout.jsonl not found (build it: dgemma corpus --out {args.corpus})",
+              file=sys.stderr)
+        return 2
+    if args.rows < 1:
+        print(f"dgemma: error: --rows must be >= 1, got {args.rows}", file=sys.stderr)
+        return 2
+    model = args.model or str(DEFAULT_MODEL)
+    scores = [heldout_loss(m, args.corpus, rows=args.rows, seq_len=args.seq_len, seed=args.seed)
+              for m in [model] + ([args.compare] if args.compare else [])]
+    for score in scores:
+        print(json.dumps({k: v for k, v in score.items() if k != "per_batch"}))
+    if args.compare:
+        print(json.dumps({"difference": f"{args.compare} - {model}", **paired_difference(*scores)}))
+    return 0

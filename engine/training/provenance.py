@@ -1,0 +1,47 @@
+"""What produced a result: the commit (and whether the tree was dirty), the exact command line,
+the date and the library versions. Every benchmark and evaluation JSON carries it, so a table
+in docs/ names the code it was measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # a git checkout in an editable install; else no commit
+
+
+def git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed: `dgemma eval-infilling ...`, `python benchmarks/engine_latency.py ...`."""
+    program = sys.argv[0]
+    head = ["python", program] if program.endswith(".py") else ["python", "-m", "?"] if program == "-m" \
+        else [Path(program).name]
+    return shlex.join([*head, *(sys.argv[1:] if argv is None else argv)])
+
+
+def stamp(argv: list[str] | None = None) -> dict:
+    import torch
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "commit": commit,
+        "dirty": bool(status) if status is not None else None,
+        "command": command_line(argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
