@@ -25,3 +25,39 @@ def tiny_model_dir(tmp_path_factory) -> str:
     from engine.training.tiny import write_tiny_checkpoint
 
     return str(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-model") / "checkpoint", seed=0))
+
+
+# --- dgemma serve fixtures (dgemma_serve/; tests/test_serve*.py, tests/test_backends*.py) -----
+
+
+@pytest.fixture(scope="session")
+def start_serve():
+    """Start the real `dgemma serve` as a subprocess on a free loopback port: start_serve(*args) ->
+    (process, base URL). Every server started is stopped at the end of the session."""
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    started = []
+
+    def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), environment.get("PYTHONPATH")]))
+        process = subprocess.Popen([sys.executable, "-m", "dgemma_serve", "--port", "0", "--device", "cpu",
+                                    *args], cwd=repo, env=environment, stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        line = process.stdout.readline()
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            process.kill()
+            raise RuntimeError(f"dgemma serve did not start: {line!r} (exit {process.wait()})")
+        return process, match.group(1)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
