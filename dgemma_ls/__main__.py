@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="level of the log written to stderr (default: WARNING)",
     )
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's own, which honours OMP_NUM_THREADS); "
+                        "the dgemma.threads setting overrides it")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser.parse_args(argv)
 
@@ -43,11 +47,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.log_level != "DEBUG":
         logging.getLogger("pygls").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
 
+    # torch warns at import when NumPy is absent (the server needs none): silence it before importing torch
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     from dgemma_ls.server import VERSION, build_server  # after logging: importing torch is slow and may log
 
     if args.version:
         print(f"dgemma-ls {VERSION}")
         return
+    if args.threads is not None:
+        from engine import EngineError, set_threads
+
+        try:
+            set_threads(args.threads)
+        except EngineError as error:
+            sys.exit(f"dgemma-ls: error: --threads: {error}")
     server = build_server(cli_model=args.model)
     if args.tcp:
         server.start_tcp(args.host, args.port)

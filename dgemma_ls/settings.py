@@ -30,6 +30,7 @@ class Settings:
     suffix_tokens: int = 256
     enabled_languages: tuple[str, ...] = ()  # empty -> every language
     debounce_ms: int = 75
+    threads: int | None = None  # torch CPU threads of the server process; None -> --threads, else torch's own
 
     def engine_key(self) -> tuple[str | None, str, str, str, bool]:
         """What a model load depends on: a change here means a reload."""
@@ -110,6 +111,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "suffixTokens": ("suffix_tokens", _int_in(0, 32768)),
     "enabledLanguages": ("enabled_languages", _languages),
     "debounceMs": ("debounce_ms", _int_in(0, 5000)),
+    "threads": ("threads", _int_in(1, 256, optional=True)),
 }
 
 

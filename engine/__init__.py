@@ -9,7 +9,8 @@ from .errors import Cancelled, CheckpointError, EngineError
 
 _API = ("DEFAULT_MODEL", "Completion", "Engine", "Infill")
 
-__all__ = ["DEFAULT_MODEL", "Cancelled", "CheckpointError", "Completion", "Engine", "EngineError", "Infill"]
+__all__ = ["DEFAULT_MODEL", "Cancelled", "CheckpointError", "Completion", "Engine", "EngineError", "Infill",
+           "set_threads"]
 
 
 def __getattr__(name: str):
@@ -18,3 +19,15 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads for the whole process. Only entry points call it (`dgemma --threads`,
+    `dgemma-ls --threads`, the dgemma.threads setting); loading an engine leaves threads alone.
+    A decoder step is many small ops, each a barrier for every thread: on a machine whose cores are
+    busy, 1 thread beats 2 by far (136 ms vs 20 s measured on 2 busy cores, docs/benchmarks.md)."""
+    if threads < 1:
+        raise EngineError(f"threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)

@@ -7,7 +7,6 @@ re-encodes only the tokens after the common prefix). Not thread-safe: one caller
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,19 +74,15 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
-             threads: int | None = None, compile: bool = False, quantize: str = "none") -> "Engine":
+             compile: bool = False, quantize: str = "none") -> "Engine":
         """Load a checkpoint directory or HF cache snapshot; None loads the embedded default model.
 
         `quantize`: none, int8, int4 or fp8: weight-only, as the weights stream in (engine.quantize).
 
         `compile`: also compile the denoising step now (Engine.compile); a failure leaves it eager.
 
-        `threads`: torch CPU threads (process-wide); default half the cores, at most 4. A decoder
-        step is many small ops, each a barrier for every thread: when the editor or anything else
-        holds a core, a second thread waits on it at every op (measured 136 ms vs 20 s on 2 busy
-        cores, docs/benchmarks.md)."""
-        if device != "cuda":
-            torch.set_num_threads(threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
+        Loading leaves torch's CPU threads alone: they are the process's to set (engine.set_threads,
+        called by the `dgemma` and `dgemma-ls` entry points)."""
         if path is None:
             path = DEFAULT_MODEL
             if not (DEFAULT_MODEL / "model.safetensors").exists():

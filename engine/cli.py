@@ -15,6 +15,7 @@ import importlib
 import sys
 import warnings
 
+from . import set_threads
 from .errors import EngineError
 
 COMMANDS = {  # name: (module with add_arguments(parser) and run(args) -> int, one-line help)
@@ -56,17 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser(command)
     except ImportError as e:
-        print(f"dgemma: error: {command} needs {e.name or e}: pip install 'dgemma-ls[train]'", file=sys.stderr)
+        print(f"dgemma: error: {command}: cannot import {e.name or e} (the tooling commands need the train "
+              f"extra: pip install 'dgemma-ls[train]')", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            print(f"dgemma: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-            return 2
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if args.threads is not None:
+            set_threads(args.threads)
         return args.run(args) or 0
     except EngineError as e:
         print(f"dgemma: error: {e}", file=sys.stderr)

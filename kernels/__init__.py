@@ -2,23 +2,18 @@
 
 Each public op runs its Triton kernel when the inputs are CUDA tensors and Triton imports,
 else its torch reference (`kernels.reference`, the spec). `DGEMMA_KERNELS=auto|triton|torch`
-or `with kernels.force(...)` overrides the choice. Forcing "triton" on CPU tensors runs the
-Triton interpreter, which Triton fixes when it is first imported (TRITON_INTERPRET=1).
+or `with kernels.force(...)` overrides the choice. Forcing "triton" on CPU tensors needs the
+Triton interpreter, which Triton fixes when it is first imported: set TRITON_INTERPRET=1 before
+that (the tests' conftest does on machines without CUDA); importing this package never sets it.
 """
 
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 
 import torch
 
 from kernels import reference
-
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    # Without CUDA, compiled Triton cannot run at all, so default to the interpreter before
-    # Triton is first imported: forcing "triton" on CPU then works whoever imports us first.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 try:
     import triton
