@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"dgemma serve: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
     try:
-        engine = Engine.load(args.model, device=args.device, dtype=args.dtype, threads=getattr(args, "threads", None))
+        engine = Engine.load(args.model, device=args.device, dtype=args.dtype)  # threads: dgemma --threads
     except EngineError as error:
         print(f"dgemma serve: error: {error}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from typing import Any
 MAX_PREDICT = 1024  # tokens a request may ask for (the engine caps a middle at its canvas anyway)
 MAX_CANDIDATES = 8
 CANVAS_OPTION = "dgemma_stream_canvas"  # opt-in: stream the canvas after every denoising step
+STEPS_OPTION = "dgemma_steps"  # denoising steps per canvas for this request (default: the checkpoint's)
 
 
 class BadRequest(Exception):
@@ -183,6 +184,7 @@ class CompletionRequest:
     stream_canvas: bool
     user: str | None
     seed: int
+    steps: int | None
 
 
 def _model(body: dict, served: str) -> None:
@@ -209,6 +211,7 @@ def parse_completion(body: dict, served: str) -> CompletionRequest:
         stream_canvas=_get(body, CANVAS_OPTION, bool, False),
         user=_get(body, "user", str, None),
         seed=_get(body, "seed", int, 0),
+        steps=None if body.get(STEPS_OPTION) is None else _count(body, STEPS_OPTION, 8, 1, 1024),
     )
 
 

@@ -22,6 +22,8 @@ COMMANDS = {  # name: (module with add_arguments(parser) and run(args) -> int, o
     "generate": ("engine.commands.generate", "continue a prompt"),
     "fill": ("engine.commands.fill", "print the middle at a cursor in FILE"),
     "inspect": ("engine.commands.inspect", "parameter counts and device bytes per quantization, from config.json"),
+    # the HTTP service lives above the engine (dgemma_serve -> engine); only this table names it
+    "serve": ("dgemma_serve.command", "the engine as an HTTP service (llama.cpp /infill, OpenAI-compatible)"),
     "infill-batch": ("engine.commands.infill_batch", "fill HumanEval-infilling style tasks into a JSONL file"),
     "eval-infilling": ("engine.commands.eval_infilling", "pass@1 on HumanEval infilling"),
     "eval-loss": ("engine.commands.eval_loss", "the training objective on the held-out corpus split"),

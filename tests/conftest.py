@@ -43,7 +43,7 @@ def start_serve():
     def start(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
         environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), environment.get("PYTHONPATH")]))
-        process = subprocess.Popen([sys.executable, "-m", "dgemma_serve", "--port", "0", "--device", "cpu",
+        process = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--device", "cpu",
                                     *args], cwd=repo, env=environment, stdout=subprocess.PIPE, text=True)
         started.append(process)
         line = process.stdout.readline()

@@ -64,11 +64,12 @@ def test_each_client_reuses_its_own_prompt_cache(engine):
     caches = PromptCaches(capacity=2)
     _, first = infill_batch(engine, HOLES[:2], caches)
     assert first.encoded_tokens == first.prompt_tokens
-    # alice types one more character; bob's request in between must not have cost her the cache
-    typed = Hole(HOLES[0].prefix + "a", HOLES[0].suffix, 6, "alice")
+    # alice types a line; bob's request in between must not have cost her the cache
+    typed = Hole(HOLES[0].prefix + "a + b\n    total = a * b\n    return ", HOLES[0].suffix, 6, "alice")
     _, again = infill_batch(engine, [HOLES[1], typed], caches)
     assert again.encoded_tokens[0] == 0  # bob: nothing changed
-    assert 0 < again.encoded_tokens[1] < again.prompt_tokens[1]  # alice: only the tail
+    assert again.prompt_tokens[1] > first.prompt_tokens[0]
+    assert 0 < again.encoded_tokens[1] < again.prompt_tokens[1]  # alice: only the new tail
     # a third client evicts the least recently used one (capacity 2)
     infill_batch(engine, [HOLES[2]], caches)
     assert len(caches) == 2
