@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from .config import GenerationConfig, ModelConfig, read_json
 from .errors import CheckpointError
 from .model import DiffusionGemma
-from .quantize import check_mode, quantize_weight
+from .quantize import check_mode, quantize_weight, release_freed_heap
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,8 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
             raise CheckpointError(f"{file}: tensor {source!r} contains NaN or Inf")
         _place(model, ours, quantize_weight(ours, t.to(device=device, dtype=target_dtype), quantize))
         del t  # the full-precision copy goes before the next tensor is read
+        if quantize != "none":
+            release_freed_heap()
     unplaced = [name for name, p in model.named_parameters() if p.is_meta]
     if unplaced:
         raise CheckpointError(f"{root}: no checkpoint tensor for {unplaced[:3]}")
