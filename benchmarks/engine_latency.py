@@ -8,9 +8,11 @@
    eager, then with the compiled decoder step (`Engine.compile`).
 3. memory: peak RSS of loading the model against its safetensors size (mmap, no second copy).
 
-transformers is used only here and in tests, never at run time. A script, never a timed test:
+transformers is used only here and in tests, never at run time. A script, never a timed test,
+run from the repository root; prints the tables and writes them to benchmarks/results/engine_latency.json:
 
-    python -m engine.bench [--model DIR] [--reference] [--requests 50] [--no-compile]
+    python -m benchmarks.engine_latency [--model DIR] [--corpus DIR] [--reference] [--requests 50]
+        [--threads 1] [--no-compile] [--out-json PATH]
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -28,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from .api import DEFAULT_MODEL, Engine
-from .checkpoint import load_model, weight_files
-from .generate import generate
-from .model import KVCache
-from .sampler import TorchNoise
+from benchmarks.common import RESULTS, fim_requests, markdown, ms_of, pct, write_result
+from engine.api import DEFAULT_MODEL, Engine
+from engine.checkpoint import load_model, weight_files
+from engine.generate import generate_blocks
+from engine.model import KVCache
+from engine.sampler import TorchNoise
 
-REPO = Path(__file__).resolve().parents[1]
-RUN_MODEL = REPO / "runs/default/model"
+RUN_MODEL = Path("runs/default/model")  # relative to the working directory, as training writes it
 LINE_SCOPE_TOKENS = 24  # dgemma_ls.context.MAX_MIDDLE_TOKENS["line"]
 FALLBACK_SHAPE = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=64, global_head_dim=64, num_global_key_value_heads=1,
@@ -44,26 +45,6 @@ FALLBACK_SHAPE = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=
                       layer_types=["sliding_attention", "sliding_attention", "full_attention", "full_attention"])
 VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
               num_key_value_heads=2, head_dim=8)
-
-
-def ms_of(fn, repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def default_model() -> Path | None:
@@ -106,7 +87,7 @@ def build_reference(text: dict, canvas: int, steps: int, out: Path):
     return model
 
 
-def bench_parity(model_dir: Path | None, reference: bool, new_tokens: int = 128, prompt_len: int = 256) -> str:
+def bench_parity(model_dir: Path | None, reference: bool, new_tokens: int = 128, prompt_len: int = 256) -> dict:
     from transformers import DynamicCache
 
     text, canvas, steps = parity_shape(model_dir)
@@ -127,7 +108,7 @@ def bench_parity(model_dir: Path | None, reference: bool, new_tokens: int = 128,
                 ctx = ours.decoder_context(cache, 1)
                 step = ms_of(lambda: ours.logits(ours.decode(draft, ctx, cache.length, sc_logits=sc)), 5)
             torch.manual_seed(0)  # the timed calls above warmed every shape generate uses
-            mine = generate(ours, prompt, gen, noise=TorchNoise(V), max_new_tokens=new_tokens)
+            mine = generate_blocks(ours, prompt, gen, noise=TorchNoise(V), max_new_tokens=new_tokens)
             gen_ms = mine.ms
             tokens = int((mine.new_tokens != gen.pad_token_id).sum())
             rows.append([f"ours {name}", f"{statistics.median(prefill):.1f}", f"{statistics.median(step):.1f}",
@@ -155,41 +136,13 @@ def bench_parity(model_dir: Path | None, reference: bool, new_tokens: int = 128,
         hf.float()
     shape = (f"hidden {text['hidden_size']}, {text['num_hidden_layers']} layers, {text['num_experts']} experts "
              f"top-{text['top_k_experts']}, vocab {text['vocab_size']}, canvas {canvas}, {steps} denoising steps")
-    return (f"### Parity config ({shape}; prompt {prompt_len} tokens, {new_tokens} new tokens, "
-            f"{torch.get_num_threads()} torch threads)\n\n"
-            + table(["implementation", "prefill ms", "decoder step ms", "generate ms", "tokens/s", "tokens/forward",
-                     "same tokens"], rows))
+    return {"title": (f"Parity config ({shape}; prompt {prompt_len} tokens, {new_tokens} new tokens, "
+                      f"{torch.get_num_threads()} torch threads)"),
+            "header": ["implementation", "prefill ms", "decoder step ms", "generate ms", "tokens/s", "tokens/forward",
+                       "same tokens"], "rows": rows}
 
 
 # ------------------------------------------------------------------- 2. inline completion
-
-def fim_requests(n: int, *, seed: int = 0, window: int = 1500) -> list[tuple[str, str, str]]:
-    """(prefix, suffix, kind) cut from held-out python files. mid-line: the cursor inside a line,
-    the rest of the line still after it; end-of-line: the line typed up to the cursor, its rest
-    not written yet (the suffix starts at the next line)."""
-    from .training.corpus import iter_documents
-
-    docs = [d["text"] for d in iter_documents(str(REPO / "data/corpus"), "heldout") if d.get("language") == "python"]
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        text = rng.choice(docs)
-        lines = text.splitlines(keepends=True)
-        spots = [i for i, line in enumerate(lines) if len(line.strip()) >= 8 and len(line) <= 160]
-        if not spots:
-            continue
-        i = rng.choice(spots)
-        start = sum(len(x) for x in lines[:i])
-        line = lines[i].rstrip("\n")
-        indent = len(line) - len(line.lstrip())
-        cursor = start + rng.randint(indent + 1, len(line) - 1)
-        if len(out) % 2 == 0:
-            out.append((text[max(0, cursor - window):cursor], text[cursor:cursor + window], "mid-line"))
-        else:
-            end = start + len(line)
-            out.append((text[max(0, cursor - window):cursor], text[end:end + window], "end-of-line"))
-    return out
-
 
 def bench_infill(engine: Engine, requests, steps: int | None, threads: int) -> list:
     previous = torch.get_num_threads()
@@ -207,13 +160,13 @@ def bench_infill(engine: Engine, requests, steps: int | None, threads: int) -> l
     finally:
         torch.set_num_threads(previous)
     label = f"{steps if steps is not None else engine.generation.max_denoising_steps}"
-    step = "compiled" if engine.model.compiled_step is not None else "eager"
+    step = "compiled" if engine.compiled_step is not None else "eager"
     return [label + ("" if steps is not None else " (default)"), step, threads, len(requests),
             f"{statistics.median(ms):.0f}", f"{pct(ms, 0.95):.0f}", f"{statistics.fmean(ms):.0f}",
             f"{statistics.fmean(forwards):.1f}", f"{statistics.fmean(tpf):.2f}"]
 
 
-def bench_reuse(engine: Engine, requests, count: int = 10) -> str:
+def bench_reuse(engine: Engine, requests, title: str, count: int = 10) -> dict:
     """A request after an unrelated one (cold prompt) against the same request with one more
     typed character (the prompt KV cache covers all but the last few tokens)."""
     cold, typed, cold_tokens, typed_tokens = [], [], [], []
@@ -230,16 +183,17 @@ def bench_reuse(engine: Engine, requests, count: int = 10) -> str:
         engine.infill(prefix + suffix[0], suffix[1:], max_middle_tokens=LINE_SCOPE_TOKENS)
         typed.append((time.perf_counter() - t0) * 1000)
         typed_tokens.append(engine.encoded_tokens - before)
-    return table(["call", "requests", "prompt tokens encoded (mean)", "ms p50", "ms mean"], [
+    return {"title": title, "header": ["call", "requests", "prompt tokens encoded (mean)", "ms p50", "ms mean"],
+            "rows": [
         ["after an unrelated request", len(cold), f"{statistics.fmean(cold_tokens):.0f}",
          f"{statistics.median(cold):.0f}", f"{statistics.fmean(cold):.0f}"],
         ["same request + 1 typed char", len(typed), f"{statistics.fmean(typed_tokens):.0f}",
-         f"{statistics.median(typed):.0f}", f"{statistics.fmean(typed):.0f}"]])
+         f"{statistics.median(typed):.0f}", f"{statistics.fmean(typed):.0f}"]]}
 
 
-def bench_completion(model_dir: Path, n: int, threads: int, compile: bool) -> str:
+def bench_completion(model_dir: Path, corpus: Path, n: int, threads: int, compile: bool) -> dict[str, dict]:
     engine = Engine.load(model_dir)
-    requests = fim_requests(n)
+    requests = fim_requests(corpus, n)
     other = 2 if threads == 1 else 1
     fewer = max(1, engine.generation.max_denoising_steps // 2)
     rows = [bench_infill(engine, requests, None, threads), bench_infill(engine, requests, fewer, threads),
@@ -248,19 +202,19 @@ def bench_completion(model_dir: Path, n: int, threads: int, compile: bool) -> st
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        reuses = [("eager", bench_reuse(engine, requests))]
+        reuse = f"Prompt-KV reuse (default steps, {threads} torch thread(s), {{}} decoder step)"
+        tables = {"reuse_eager": bench_reuse(engine, requests, reuse.format("eager"))}
         if compile and engine.compile():  # Engine.compile: the server's `dgemma.compile` setting
             rows += [bench_infill(engine, requests, None, threads), bench_infill(engine, requests, fewer, threads)]
-            reuses.append(("compiled", bench_reuse(engine, requests)))
+            tables["reuse_compiled"] = bench_reuse(engine, requests, reuse.format("compiled"))
     finally:
         torch.set_num_threads(previous)
-    compiled = f"\n\n{engine.compiled} ({threads} torch thread(s))." if compile else ""
-    return (f"### Inline completion ({engine.describe()}; {kinds}; max_middle_tokens {LINE_SCOPE_TOKENS})\n\n"
-            + table(["steps", "decoder step", "torch threads", "requests", "ms p50", "ms p95", "ms mean",
-                     "decoder passes", "tokens/forward"], rows)
-            + compiled
-            + "".join(f"\n\nPrompt-KV reuse (default steps, {threads} torch thread(s), {mode} decoder step):\n\n"
-                      + reuse for mode, reuse in reuses))
+    completion = {"title": f"Inline completion ({engine.describe()}; {kinds}; max_middle_tokens {LINE_SCOPE_TOKENS})",
+                  "header": ["steps", "decoder step", "torch threads", "requests", "ms p50", "ms p95", "ms mean",
+                             "decoder passes", "tokens/forward"], "rows": rows}
+    if compile:
+        completion["note"] = f"{engine.compile_status} ({threads} torch thread(s))."
+    return {"completion": completion, **tables}
 
 
 # ----------------------------------------------------------------------------------- 3. memory
@@ -283,19 +237,19 @@ print(json.dumps({"before": before, "after": status(), "dtype": str(engine.model
 """
 
 
-def bench_memory(model_dir: Path) -> str:
+def bench_memory(model_dir: Path) -> dict:
     """Each load in a fresh process, after loading a tiny checkpoint (so lazy imports and
     first-call buffers are not counted as the model's). Peak RSS (getrusage) before and after the
     load, and the growth split from /proc/self/status: file-backed (mmap'd safetensors pages,
     shared with the page cache) vs anonymous (copies)."""
-    from .training.tiny import write_tiny_checkpoint
+    from engine.training.tiny import write_tiny_checkpoint
 
     size = sum(f.stat().st_size for f in weight_files(model_dir))
     rows = []
     with tempfile.TemporaryDirectory(prefix="dgemma-bench-") as tiny:
         write_tiny_checkpoint(tiny)
         for dtype in ("auto", "float32", "bfloat16"):
-            out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(model_dir), dtype, tiny], cwd=REPO,
+            out = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(model_dir), dtype, tiny],
                                  capture_output=True, text=True, check=True)
             m = json.loads(out.stdout.strip().splitlines()[-1])
             grow = {k: (m["after"][k] - m["before"][k]) / 1024 for k in m["after"]}
@@ -303,39 +257,51 @@ def bench_memory(model_dir: Path) -> str:
                          f"{m['maxrss_before'] / 1024:.0f}", f"{m['maxrss'] / 1024:.0f}",
                          f"{(m['maxrss'] - m['maxrss_before']) / 1024:.1f}", f"{grow['RssFile']:.1f}",
                          f"{grow['RssAnon']:.1f}"])
-    return (f"### Memory ({model_dir})\n\n"
-            + table(["--dtype", "loaded as", "safetensors MB", "peak RSS before MB", "peak RSS after MB",
-                     "peak growth MB", "RSS growth file-backed MB", "RSS growth anonymous MB"], rows))
+    return {"title": f"Memory ({model_dir})",
+            "header": ["--dtype", "loaded as", "safetensors MB", "peak RSS before MB", "peak RSS after MB",
+                       "peak growth MB", "RSS growth file-backed MB", "RSS growth anonymous MB"], "rows": rows}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint (default: runs/default/model, else embedded)")
+    parser.add_argument("--corpus", default="data/corpus", help="the corpus whose held-out files give the requests")
     parser.add_argument("--reference", action="store_true", help="also time transformers' implementation")
     parser.add_argument("--requests", type=int, default=50, help="FIM requests for the latency table")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for 1 and 2 (2 also times 3 requests at the other count)")
+                        help="torch threads for 1 and 2 (2 also times 10 requests at the other count)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the compiled decoder step (Engine.compile; default on)")
+    parser.add_argument("--out-json", default=str(RESULTS / "engine_latency.json"))
     args = parser.parse_args(argv)
     model_dir = Path(args.model) if args.model else default_model()
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}; benchmarking with {args.threads}\n")
     torch.set_num_threads(args.threads)
+    tables: dict[str, dict] = {}
+
+    def show(name: str, table: dict) -> None:
+        tables[name] = table
+        print(f"### {table['title']}\n\n{markdown(table)}\n", flush=True)
+
     # first: a child's ru_maxrss starts at its parent's high-water mark (fork copies it), and
     # the parity section grows this process past the size of a model load
     memory = bench_memory(model_dir) if model_dir is not None else None
     try:
-        print(bench_parity(model_dir, args.reference) + "\n", flush=True)
+        show("parity", bench_parity(model_dir, args.reference))
     except ImportError as e:  # transformers builds the parity checkpoint: a test dependency
         print(f"parity config skipped: {e} (pip install transformers==5.23.0)\n")
     if model_dir is None:
         print("no trained checkpoint found (runs/default/model, engine/default_model): skipping 2 and 3")
-        return 0
-    print(bench_completion(model_dir, args.requests, args.threads, args.compile) + "\n", flush=True)
-    print(memory + "\n")
+    else:
+        for name, table in bench_completion(model_dir, Path(args.corpus), args.requests, args.threads,
+                                            args.compile).items():
+            show(name, table)
+        show("memory", memory)
     print(f"total {time.perf_counter() - t0:.0f} s")
+    write_result(args.out_json, "engine_latency", tables, model=str(model_dir), threads=args.threads,
+                 requests=args.requests)
     return 0
 
 

@@ -1,11 +1,16 @@
 """Benchmark each op, Triton against its torch reference, at DiffusionGemma shapes.
 
-    python -m kernels.bench [--shape small|26b|all] [--ops denoise_sample,moe_experts] [--repeat N] [--threads N]
+    python -m benchmarks.kernel_ops [--shape small|26b|all] [--ops denoise_sample,moe_experts] [--repeat N]
+        [--threads N] [--out-json PATH]
 
 Reports ms, GB/s (the bytes a fused kernel must move: inputs read once, outputs written
 once) and TFLOP/s for the ops that do matmul work. Without a CUDA GPU the Triton rows are
-skipped, said so, and the torch reference is timed on the CPU.
+skipped, said so, and the torch reference is timed on the CPU. Writes the rows to
+benchmarks/results/kernel_ops.json (benchmarks/tables.py renders them).
 """
+
+from __future__ import annotations
+
 
 import argparse
 import time
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from benchmarks.common import RESULTS, write_result
 from kernels import reference
 
 
@@ -122,13 +128,17 @@ def time_ms(fn: Callable[[], object], repeat: int, device: torch.device) -> floa
     return sorted(times)[len(times) // 2]
 
 
-def run(shape: Shape, ops: set[str] | None, repeat: int) -> None:
+def run(shape: Shape, ops: set[str] | None, repeat: int) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu_triton = device.type == "cuda" and kernels.HAS_TRITON
     providers = ["triton", "torch"] if gpu_triton else ["torch"]
-    print(f"\n== shape {shape.name} on {device.type} ({torch.get_num_threads()} threads), bf16 weights ==")
+    title = f"shape {shape.name} on {device.type} ({torch.get_num_threads()} threads), bf16 weights"
+    print(f"\n== {title} ==")
+    note = None
     if not gpu_triton:
-        print("   Triton GPU benchmark skipped: no CUDA GPU (the interpreter is a correctness tool, not timed)")
+        note = "Triton GPU benchmark skipped: no CUDA GPU (the interpreter is a correctness tool, not timed)"
+        print(f"   {note}")
+    rows = []
     print(f"{'op':<28}{'case':<24}{'provider':<9}{'ms':>10}{'GB/s':>9}{'TFLOP/s':>9}")
     for case in cases(shape, device, torch.bfloat16):
         if ops and case.op not in ops:
@@ -140,6 +150,11 @@ def run(shape: Shape, ops: set[str] | None, repeat: int) -> None:
             gbs = case.bytes / ms / 1e6
             tflops = f"{case.flops / ms / 1e9:9.3f}" if case.flops else f"{'-':>9}"
             print(f"{case.op:<28}{case.label:<24}{provider:<9}{ms:10.2f}{gbs:9.2f}{tflops}", flush=True)
+            rows.append([case.op, case.label, provider, f"{ms:.2f}", f"{gbs:.2f}", tflops.strip()])
+    if device.type == "cuda":
+        title += f", {torch.cuda.get_device_name()}"
+    return {"title": title, "header": ["op", "case", "provider", "ms", "GB/s", "TFLOP/s"], "rows": rows,
+            **({"note": note} if note else {})}
 
 
 def main() -> None:
@@ -150,12 +165,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's choice); on a busy machine 1 avoids "
                              "OpenMP barrier stalls that cost ~8 ms per elementwise op")
+    parser.add_argument("--out-json", default=str(RESULTS / "kernel_ops.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     ops = {op for op in args.ops.split(",") if op} or None
-    for name in SHAPES if args.shape == "all" else [args.shape]:
-        run(SHAPES[name], ops, args.repeat)
+    tables = {name: run(SHAPES[name], ops, args.repeat) for name in (SHAPES if args.shape == "all" else [args.shape])}
+    write_result(args.out_json, "kernel_ops", tables, repeat=args.repeat)
 
 
 if __name__ == "__main__":

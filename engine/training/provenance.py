@@ -24,10 +24,15 @@ def git(*args: str) -> str | None:
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command as typed: `dgemma eval-infilling ...`, `python benchmarks/engine_latency.py ...`."""
+    """The command as typed: `dgemma eval-infilling ...`, `python -m benchmarks.engine_latency ...`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     program = sys.argv[0]
-    head = ["python", program] if program.endswith(".py") else ["python", "-m", "?"] if program == "-m" \
-        else [Path(program).name]
+    if spec is not None and spec.name and spec.name != "__main__":
+        head = ["python", "-m", spec.name.removesuffix(".__main__")]
+    elif program.endswith(".py"):
+        head = ["python", program]
+    else:
+        head = [Path(program).name]
     return shlex.join([*head, *(sys.argv[1:] if argv is None else argv)])
 
 
