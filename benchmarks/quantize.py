@@ -1,6 +1,6 @@
 """Weight-only quantization measured beside bf16 in one run. A script, never a timed test:
 
-    python -m benchmarks.quantize [--out runs/quantize.json] [--requests 40] [--skip-layer]
+    python -m benchmarks.quantize [--out runs/quantize.json] [--requests 40] [--corpus data/corpus] [--skip-layer]
 
 1. logit error: relative ||q - bf16|| / ||bf16|| of encoder and decoder logits (and argmax
    agreement) on tiny random checkpoints (seeds 0-2) and the embedded model, for int8 and int4
@@ -67,11 +67,11 @@ def _agree(a: list[int], b: list[int]) -> float:
     return 1.0 if n == 0 else sum(x == y for x, y in zip(a, b)) / n
 
 
-def agreement(requests: int) -> list[dict]:
+def agreement(requests: int, corpus: str) -> list[dict]:
+    from benchmarks.common import fim_requests
     from engine.api import Engine
-    from engine.bench import fim_requests
 
-    holes = fim_requests(requests, seed=0)
+    holes = fim_requests(corpus, requests, seed=0)
     prompts = [p[-400:] for p, _, _ in holes[: requests // 2]]
     outputs = {}
     for mode in ("none", "int8", "int4"):
@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quantize.json")
     p.add_argument("--requests", type=int, default=40, help="infill holes (and half as many generate prompts)")
+    p.add_argument("--corpus", default="data/corpus", help="corpus with heldout.jsonl (the holes are cut from it)")
     p.add_argument("--skip-layer", action="store_true", help="skip the 26B layer (1.6 GB, a minute or two)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
         print("logit error vs bf16", flush=True)
         result["logit_error"] = logit_error(tiny)
         print("generate / infill agreement with bf16 (embedded model)", flush=True)
-        result["agreement"] = agreement(args.requests)
+        result["agreement"] = agreement(args.requests, args.corpus)
         print("load memory (MiB above the process before the load)", flush=True)
         result["load_memory"] = load_memory(write_synthetic(Path(tmp) / "synthetic"))
     if not args.skip_layer:

@@ -21,7 +21,7 @@ class Settings:
     model: str | None = None  # checkpoint directory; None -> the --model flag, else the embedded model
     device: str = "cpu"
     dtype: str = "auto"
-    quantize: str = "none"  # weight-only quantization at load (engine.quantize): int8, int4, fp8 on a GPU
+    quantize: str | None = None  # weight-only quantization at load (engine.quantize); None -> --quantize, else none
     compile: bool = True  # torch.compile the denoising step in the background after a load (Engine.compile)
     steps: int | None = None  # denoising steps per block; None -> the engine's default
     entropy_bound: float | None = None
@@ -32,7 +32,7 @@ class Settings:
     debounce_ms: int = 75
     threads: int | None = None  # torch CPU threads of the server process; None -> --threads, else torch's own
 
-    def engine_key(self) -> tuple[str | None, str, str, str, bool]:
+    def engine_key(self) -> tuple[str | None, str, str, str | None, bool]:
         """What a model load depends on: a change here means a reload."""
         return (self.model, self.device, self.dtype, self.quantize, self.compile)
 
@@ -59,6 +59,11 @@ def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
         return value
 
     return parse
+
+
+def _optional_choice(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    parse_choice = _choice(choices)
+    return lambda value: None if value is None or value == "" else parse_choice(value)
 
 
 def _int_in(low: int, high: int, optional: bool = False) -> Callable[[Any], int | None]:
@@ -102,7 +107,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "model": ("model", _optional_str),
     "device": ("device", _choice(DEVICES)),
     "dtype": ("dtype", _choice(DTYPES)),
-    "quantize": ("quantize", _choice(QUANTIZE)),
+    "quantize": ("quantize", _optional_choice(QUANTIZE)),
     "compile": ("compile", _bool),
     "steps": ("steps", _int_in(1, 1024, optional=True)),
     "entropyBound": ("entropy_bound", _optional_positive_float),
