@@ -1,7 +1,9 @@
-"""The server's model work as plain functions of text, str offsets and Settings.
+"""The model-backed actions as plain functions of text, str offsets and Settings: sample
+completions for a context, fill holes, repair JSON and Markdown tables.
 
-Functions taking an `engine` run on the model worker thread; the rest are pure. Results are
-str-offset `Edit`s plus the `Usage` the model calls cost. Knows nothing about LSP.
+Functions taking a `backend` make model calls through it (its `infill` may block while
+interactive work goes first); the rest are pure. Results are str-offset `Edit`s plus the
+`Usage` the model calls cost. Knows nothing about LSP, documents or threads.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from dgemma_ls import context, postprocess, repair_json, repair_markdown
 from dgemma_ls.settings import Settings
@@ -21,6 +23,27 @@ from dgemma_ls.syntax import SyntaxTree
 from dgemma_ls.textedits import minimal_edits
 
 StopPredicate = Callable[[], bool]
+
+
+class Backend(Protocol):
+    """The one model interface the actions use; `engine.Engine` is one. `tokenizer.encode`
+    only counts tokens (it must be safe to call from any thread)."""
+
+    tokenizer: Any
+
+    def infill(
+        self,
+        prefix: str,
+        suffix: str,
+        *,
+        max_middle_tokens: int,
+        num_candidates: int = 1,
+        steps: int | None = None,
+        entropy_bound: float | None = None,
+        seed: int = 0,
+        should_stop: StopPredicate | None = None,
+    ) -> Sequence[Any]: ...  # each with .text, .steps, .tokens, .ms, .tokens_per_forward
+
 # A round is one batch of candidates; when post-processing rejects all of them the next round
 # samples again with a new seed. Explicit requests (a fill, an Invoked completion) are worth
 # more rounds. Ghost text while typing gets one: a rejected candidate shows nothing and the next
@@ -68,12 +91,12 @@ class Result:
     usage: Usage = field(default_factory=Usage)
 
 
-def token_counter(engine) -> Callable[[str], int]:
-    return lambda text: len(engine.tokenizer.encode(text))
+def token_counter(backend: Backend) -> Callable[[str], int]:
+    return lambda text: len(backend.tokenizer.encode(text))
 
 
-def build_context(
-    engine,
+def prompt_context(
+    backend: Backend,
     tree: SyntaxTree,
     cursor: int,
     settings: Settings,
@@ -82,10 +105,11 @@ def build_context(
     scope: str | None = None,
     extra: Sequence[context.Snippet] = (),
 ) -> context.FimContext:
+    """context.build_context with the settings' token budgets, counted by the backend's tokenizer."""
     return context.build_context(
         tree,
         cursor,
-        count_tokens=token_counter(engine),
+        count_tokens=token_counter(backend),
         prefix_budget=settings.prefix_tokens,
         suffix_budget=settings.suffix_tokens,
         extra=extra,
@@ -95,10 +119,16 @@ def build_context(
 
 
 def generate(
-    engine, ctx, settings: Settings, num_candidates: int, should_stop: StopPredicate, usage: Usage, seed: int = 0
+    backend: Backend,
+    ctx: context.FimContext,
+    settings: Settings,
+    num_candidates: int,
+    should_stop: StopPredicate,
+    usage: Usage,
+    seed: int = 0,
 ) -> list[str]:
     """Raw middles for a context; raises engine.Cancelled when should_stop() turns true."""
-    infills = engine.infill(
+    infills = backend.infill(
         ctx.prefix,
         ctx.suffix,
         max_middle_tokens=min(ctx.max_middle_tokens, settings.max_middle_tokens),
@@ -132,7 +162,7 @@ def accepted(middles: Sequence[str], ctx) -> list[str]:
 
 
 def sample(
-    engine,
+    backend: Backend,
     ctx,
     settings: Settings,
     num_candidates: int,
@@ -143,7 +173,7 @@ def sample(
 ) -> list[str]:
     """The accepted candidates that `keep` likes from the first of `rounds` seeded batches with any."""
     for seed in range(rounds):
-        middles = generate(engine, ctx, settings, num_candidates, should_stop, usage, seed=seed)
+        middles = generate(backend, ctx, settings, num_candidates, should_stop, usage, seed=seed)
         if texts := [text for text in accepted(middles, ctx) if keep(text)]:
             return texts
     return []
@@ -159,7 +189,7 @@ class Hole:
 
 
 def fill_hole(
-    engine, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate, usage: Usage
+    backend: Backend, tree: SyntaxTree, hole: Hole, settings: Settings, should_stop: StopPredicate, usage: Usage
 ) -> Edit | None:
     """A model-written replacement for a hole, or None if no candidate survived.
 
@@ -167,38 +197,38 @@ def fill_hole(
     syntax errors than it has now (the post-processor judges windows around a hole whose
     removal may itself break the syntax, as removing `pass` does). An explicit fill is worth a
     few rounds."""
-    ctx = build_context(engine, tree, hole.start, settings, replace_end=hole.end, scope=hole.scope)
+    ctx = prompt_context(backend, tree, hole.start, settings, replace_end=hole.end, scope=hole.scope)
     baseline = tree.error_count()
 
     def keeps_syntax(text: str) -> bool:
         filled = SyntaxTree(tree.text[: hole.start] + text + tree.text[hole.end :], tree.language)
         return filled.error_count() <= baseline
 
-    texts = sample(engine, ctx, settings, FILL_CANDIDATES, EXPLICIT_ROUNDS, should_stop, usage, keep=keeps_syntax)
+    texts = sample(backend, ctx, settings, FILL_CANDIDATES, EXPLICIT_ROUNDS, should_stop, usage, keep=keeps_syntax)
     return Edit(hole.start, hole.end, texts[0]) if texts else None
 
 
 def fill_holes(
-    engine, text: str, language: str, holes: Sequence[Hole], settings: Settings, should_stop: StopPredicate
+    backend: Backend, text: str, language: str, holes: Sequence[Hole], settings: Settings, should_stop: StopPredicate
 ) -> Result:
     """Fill each hole independently against the same text; edits are in document order."""
     tree = SyntaxTree(text, language)  # a private parse: the live tree belongs to the event loop
     result = Result([])
     for hole in sorted(holes, key=lambda h: (h.start, h.end)):
-        edit = fill_hole(engine, tree, hole, settings, should_stop, result.usage)
+        edit = fill_hole(backend, tree, hole, settings, should_stop, result.usage)
         if edit is not None:
             result.edits.append(edit)
     return result
 
 
-def model_fill(engine, settings: Settings, should_stop: StopPredicate, usage: Usage):
+def model_fill(backend: Backend | None, settings: Settings, should_stop: StopPredicate, usage: Usage):
     """A `fill(prefix, suffix, max_tokens) -> list[str]` callable for the repair modules;
-    None without an engine, which makes the repairs deterministic."""
-    if engine is None:
+    None without a backend, which makes the repairs deterministic."""
+    if backend is None:
         return None
 
     def fill(prefix: str, suffix: str, max_tokens: int) -> list[str]:
-        infills = engine.infill(
+        infills = backend.infill(
             prefix,
             suffix,
             max_middle_tokens=max(1, min(max_tokens, settings.max_middle_tokens)),
@@ -217,24 +247,31 @@ def _edits(old: str, new: str) -> list[Edit]:
 
 
 def repair_json_text(
-    engine, text: str, settings: Settings, should_stop: StopPredicate, schema: dict | None = None
+    backend: Backend | None, text: str, settings: Settings, should_stop: StopPredicate, schema: dict | None = None
 ) -> Result:
     started = time.perf_counter()
     usage = Usage()
-    repaired = repair_json.repair_json(text, fill=model_fill(engine, settings, should_stop, usage), schema=schema)
+    repaired = repair_json.repair_json(
+        text, fill=model_fill(backend, settings, should_stop, usage), schema=schema, should_stop=should_stop
+    )
     usage.ms = usage.ms or (time.perf_counter() - started) * 1000
     return Result(_edits(text, repaired.text) if repaired.changed else [], usage)
 
 
 def repair_markdown_text(
-    engine, text: str, start: int | None, end: int | None, settings: Settings, should_stop: StopPredicate
+    backend: Backend | None,
+    text: str,
+    start: int | None,
+    end: int | None,
+    settings: Settings,
+    should_stop: StopPredicate,
 ) -> Result:
     started = time.perf_counter()
     usage = Usage()
-    fill = model_fill(engine, settings, should_stop, usage)
-    repaired = repair_markdown.repair_tables(text, fill=fill, start=start, end=end)
+    fill = model_fill(backend, settings, should_stop, usage)
+    repaired = repair_markdown.repair_tables(text, fill=fill, start=start, end=end, should_stop=should_stop)
     usage.ms = usage.ms or (time.perf_counter() - started) * 1000
-    return Result(_edits(text, repaired), usage)
+    return Result(_edits(text, repaired.text), usage)
 
 
 def json_needs_repair(tree: SyntaxTree, schema: dict | None) -> bool:
@@ -283,56 +320,6 @@ def tables_needing_repair(text: str) -> list[tuple[int, int]]:
     spans = []
     for table in repair_markdown.find_tables(text):
         source = text[table.start : table.end]
-        if repair_markdown.repair_table(source, None) != source:
+        if repair_markdown.repair_table(source).text != source:
             spans.append((table.start, table.end))
     return spans
-
-
-# -- the completion cache ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shown:
-    """Candidates computed for a cursor in one version of a document."""
-
-    version: int | None
-    offset: int
-    text: str
-    candidates: tuple[str, ...]
-    num_candidates: int
-
-
-class CompletionCache:
-    """Last candidates per document, re-served when the user types into them.
-
-    If the text differs from the cached text only by characters typed at the cached cursor and
-    those characters start a candidate, the rest of that candidate is the answer: no model call.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[str, Shown] = {}
-
-    def put(self, uri: str, shown: Shown) -> None:
-        self._last[uri] = shown
-
-    def forget(self, uri: str) -> None:
-        self._last.pop(uri, None)
-
-    def lookup(self, uri: str, version: int | None, offset: int, text: str, num_candidates: int) -> Shown | None:
-        shown = self._last.get(uri)
-        if shown is None or shown.num_candidates < num_candidates:
-            return None
-        if shown.version == version and shown.offset == offset:
-            return shown
-        typed = offset - shown.offset
-        if typed <= 0 or len(text) - len(shown.text) != typed:
-            return None
-        if text[: shown.offset] != shown.text[: shown.offset] or text[offset:] != shown.text[shown.offset :]:
-            return None
-        prefix = text[shown.offset : offset]
-        rest = tuple(c[typed:] for c in shown.candidates if c.startswith(prefix) and len(c) > typed)
-        if not rest:
-            return None
-        follow = Shown(version, offset, text, rest, shown.num_candidates)
-        self._last[uri] = follow
-        return follow

@@ -1,12 +1,14 @@
 """Open documents: text, version and an incrementally updated SyntaxTree per URI.
 
 Owns the mapping between (line, character) positions in the negotiated position encoding
-(utf-16 by default, as LSP counts) and Python str offsets. Knows nothing about the model.
+(utf-16 by default, as LSP counts) and Python str offsets, with LSP's three line terminators
+(pygls's copy splits on more, so this is the only copy kept). Knows nothing about the model.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import re
 from typing import Any, Callable, TypeVar
@@ -56,13 +58,24 @@ def skip_reason(text: str) -> str | None:
     return None
 
 
+def language_of(language_id: str, uri: str) -> tuple[str, str | None]:
+    """The grammar for a document and, when the file extension overrides the client's
+    languageId, why. Eglot before 1.15 sends the languageId of the buffer that started the
+    server for every buffer: a `.json` file announced as "python" is parsed as JSON."""
+    by_id = syntax.language_for(language_id, uri)
+    by_extension = syntax.language_for("", uri)
+    if "text" in (by_id, by_extension) or by_id == by_extension:
+        return by_id, None
+    return by_extension, f"languageId {language_id!r} contradicts the file extension: parsed as {by_extension}"
+
+
 class Document:
     def __init__(self, uri: str, language_id: str, version: int | None, text: str, encoding: str = "utf-16"):
         self.uri = uri
         self.language_id = language_id
         self.version = version
         self.encoding = encoding
-        self.language = syntax.language_for(language_id, uri)
+        self.language, self.language_note = language_of(language_id, uri)
         self._text = text
         self._line_starts: list[int] | None = None
         self.tree: syntax.SyntaxTree | None = None
@@ -103,7 +116,13 @@ class Document:
         self._memo.clear()
         if self.tree is not None and skip_reason(self._text) is None:
             try:
-                self.tree.apply_edit(start_offset, end_offset, new_text)
+                # The model thread may be reading the current tree: edit a copy (Tree.copy is
+                # cheap, the nodes are shared) so that a tree once handed out never changes.
+                edited = copy.copy(self.tree)
+                if edited.tree is not None:
+                    edited.tree = edited.tree.copy()
+                edited.apply_edit(start_offset, end_offset, new_text)
+                self.tree = edited
                 return
             except Exception as error:  # the tree is a cache: rebuild it rather than lose the edit
                 log.exception("incremental parse failed for %s: %s; reparsing", self.uri, error)

@@ -1,21 +1,28 @@
 """The one thread that owns the Engine: it loads the model and runs every model call.
 
 The Engine is not thread-safe, so nothing else runs it (only its stateless tokenizer is shared,
-for counting tokens). Callers get concurrent futures and pass a `should_stop` predicate that
-the engine polls every denoising step. Knows nothing about LSP or documents.
+for counting tokens). Jobs wait in a priority queue: interactive work (ghost text) is taken
+before the model calls of long actions, which arrive one call at a time through
+`lane_backend`, so a repair of a big table never holds typing hostage. Callers get concurrent
+futures and pass a `should_stop` predicate that the engine polls every denoising step. Knows
+nothing about LSP or documents.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, TypeVar
+from concurrent.futures import Future
+from typing import Any, Callable, TypeVar
 
 from engine import Cancelled, Engine, EngineError
 
 T = TypeVar("T")
+
+INTERACTIVE, ACTION = 0, 1  # priorities: lower runs first; equal priorities run in order
 
 
 class ModelUnavailable(Exception):
@@ -24,8 +31,14 @@ class ModelUnavailable(Exception):
 
 class ModelWorker:
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgemma-model")
+        # (priority, arrival, future, work); arrival is unique, so futures are never compared
+        self._queue: queue.PriorityQueue[tuple[int, int, Future | None, Callable[[], Any] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
         self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="dgemma-model", daemon=True)
+        self._thread.start()
         self._load_generation = 0  # bumped per load(); a superseded load never installs its engine
         self.engine: Engine | None = None
         self.description: str = ""  # engine.describe() of the installed engine
@@ -39,7 +52,29 @@ class ModelWorker:
     def closing(self) -> bool:
         return self._closing.is_set()
 
-    def load(self, path: str | None, device: str, dtype: str, compile: bool = False,
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            _, _, future, work = self._queue.get()
+            if future is None or not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except BaseException as error:  # the caller's future carries it; the thread lives on
+                future.set_exception(error)
+        while not self._queue.empty():  # closing: nobody waits forever on a job that never runs
+            _, _, future, _ = self._queue.get_nowait()
+            if future is not None:
+                future.cancel()
+
+    def _submit(self, priority: int, work: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        if self._closing.is_set():
+            future.cancel()
+        else:
+            self._queue.put((priority, next(self._order), future, work))
+        return future
+
+    def load(self, path: str | None, device: str, dtype: str, compile: bool = False, quantize: str = "none",
              on_compiled: Callable[[str], None] | None = None) -> Future[str]:
         """Replace the engine; resolves to its one-line description or raises EngineError.
 
@@ -57,7 +92,7 @@ class ModelWorker:
             if generation != self._load_generation or self._closing.is_set():
                 raise Cancelled("a newer model load superseded this one")
             try:
-                engine = Engine.load(path, device=device, dtype=dtype)
+                engine = Engine.load(path, device=device, dtype=dtype, quantize=quantize)
             except EngineError as error:
                 if generation == self._load_generation:
                     self.unavailable_reason = f"the model failed to load: {error}"
@@ -75,7 +110,7 @@ class ModelWorker:
                                  name="dgemma-compile", daemon=True).start()
             return self.description
 
-        return self._pool.submit(task)
+        return self._submit(INTERACTIVE, task)
 
     def _compile(self, engine: Engine, generation: int, on_compiled: Callable[[str], None] | None) -> None:
         """Engine.compile off the model thread. Safe beside requests: it only reads the weights and
@@ -90,7 +125,12 @@ class ModelWorker:
                     on_compiled(self.description)
 
     def run(
-        self, job: Callable[[Engine | None], T], should_stop: Callable[[], bool], *, needs_engine: bool = True
+        self,
+        job: Callable[[Engine | None], T],
+        should_stop: Callable[[], bool],
+        *,
+        needs_engine: bool = True,
+        priority: int = INTERACTIVE,
     ) -> Future[T]:
         """Queue `job(engine)`; it is skipped (Cancelled) if `should_stop()` is already true.
 
@@ -106,8 +146,30 @@ class ModelWorker:
                 raise ModelUnavailable(self.unavailable_reason)
             return job(engine)
 
-        return self._pool.submit(task)
+        return self._submit(priority, task)
+
+    def lane_backend(self, should_stop: Callable[[], bool], priority: int = ACTION) -> LaneBackend | None:
+        """A backend for a long action running on another thread: each of its model calls is
+        queued here at `priority` and waited for, so interactive jobs go between them. None
+        without an engine."""
+        engine = self.engine
+        return None if engine is None else LaneBackend(self, engine, should_stop, priority)
 
     def close(self) -> None:
         self._closing.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._queue.put((-1, -1, None, None))  # wakes the thread, which then cancels what is queued
+
+
+class LaneBackend:
+    """`actions.Backend` for a thread other than the model's: `infill` queues one model call on
+    the worker and blocks until it is done (Cancelled once `should_stop()` is true)."""
+
+    def __init__(self, worker: ModelWorker, engine: Engine, should_stop: Callable[[], bool], priority: int):
+        self._worker, self._should_stop, self._priority = worker, should_stop, priority
+        self.tokenizer = engine.tokenizer  # stateless: counting tokens is safe from any thread
+
+    def infill(self, prefix: str, suffix: str, **options: Any) -> list[Any]:
+        future = self._worker.run(
+            lambda engine: engine.infill(prefix, suffix, **options), self._should_stop, priority=self._priority
+        )
+        return future.result()

@@ -3,7 +3,7 @@ incremental edits that keep the text and its SyntaxTree in step."""
 
 import pytest
 
-from dgemma_ls.documents import MAX_MODEL_CHARS, Document
+from dgemma_ls.documents import MAX_MODEL_CHARS, Document, language_of
 
 TEXT = "a = 1\r\nb = 'é😀x'\rc\n\nlast"
 
@@ -57,3 +57,30 @@ def test_huge_and_binary_documents_block_the_model_with_a_reason():
     assert "binary" in binary.model_block_reason()
     binary.apply_change((0, 1), (0, 2), "")
     assert binary.model_block_reason() is None and binary.tree.text == "ab"
+
+
+@pytest.mark.parametrize(
+    "language_id, uri, language, overridden",
+    [
+        ("python", "file:///a/broken.json", "json", True),  # Eglot < 1.15: one languageId for all
+        ("python", "file:///a/notes.md", "markdown", True),
+        ("json", "file:///a/b.json", "json", False),
+        ("jsonc", "file:///a/settings.json", "json", False),
+        ("typescriptreact", "file:///a/view.tsx", "tsx", False),
+        ("plaintext", "file:///a/notes.md", "text", False),  # the user chose plain text
+        ("python", "file:///a/script", "python", False),  # no extension: the languageId decides
+        ("rust", "file:///a/lib.rs", "text", False),
+    ],
+)
+def test_the_file_extension_wins_over_a_contradicting_language_id(language_id, uri, language, overridden):
+    chosen, note = language_of(language_id, uri)
+    assert chosen == language and (note is not None) == overridden
+
+
+def test_an_edit_never_changes_a_tree_already_handed_out():
+    """The model thread builds contexts from the tree of the version it was asked about."""
+    doc = Document("file:///t.py", "python", 1, "x = 1\n")
+    handed_out = doc.tree
+    doc.apply_change((0, 4), (0, 5), "[1, 2]")
+    assert handed_out.text == "x = 1\n" and handed_out.tree.root_node.end_byte == len("x = 1\n")
+    assert doc.tree.text == "x = [1, 2]\n" and doc.tree.tree.root_node.end_byte == len("x = [1, 2]\n")
