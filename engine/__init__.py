@@ -7,9 +7,9 @@ which nothing here imports. Names below load engine.api (and torch) on first use
 
 from .errors import Cancelled, CheckpointError, EngineError
 
-_API = ("DEFAULT_MODEL", "Completion", "Engine", "Infill")
+_API = ("DEFAULT_MODEL", "Continuation", "Engine", "Infill")
 
-__all__ = ["DEFAULT_MODEL", "Cancelled", "CheckpointError", "Completion", "Engine", "EngineError", "Infill",
+__all__ = ["DEFAULT_MODEL", "Cancelled", "CheckpointError", "Continuation", "Engine", "EngineError", "Infill",
            "set_threads"]
 
 

@@ -17,7 +17,7 @@ import torch
 from .checkpoint import load_model
 from .config import GenerationConfig
 from .errors import EngineError
-from .generate import Draft, compile_step, denoise, generate
+from .generate import CompiledStep, Draft, denoise, generate_blocks
 from .infill import candidate_lengths, extract_middle, plan_canvas, plan_fim, stack_plans
 from .model import KVCache
 from .sampler import CounterNoise, TorchNoise
@@ -36,7 +36,7 @@ TRUNCATE_CHUNK = 128  # tokens: a too-long prompt loses whole chunks at its star
 class Infill:
     text: str  # the middle, fillers and end-of-text removed
     tokens: int
-    steps: int
+    steps: int  # denoising steps its canvas took (its row's decoder passes)
     tokens_per_forward: float
     ms: float
     score: float  # mean log-probability of the middle's tokens
@@ -44,10 +44,11 @@ class Infill:
 
 
 @dataclass
-class Completion:
+class Continuation:
     text: str
     tokens: int
-    steps: list[int]
+    steps: list[int]  # denoising steps per canvas
+    decoder_passes: int  # summed over the canvases
     tokens_per_forward: float
     ms: float
 
@@ -66,7 +67,8 @@ class Engine:
     def __init__(self, model, config, generation: GenerationConfig, tokenizer: Tokenizer, root: Path):
         self.model, self.config, self.generation, self.tokenizer, self.root = (
             model, config, generation, tokenizer, root)
-        self.compiled = ""  # what compile() did, for describe()
+        self.compiled_step: CompiledStep | None = None  # compile() builds it; denoise runs it where it serves
+        self.compile_status = ""  # what compile() did, for describe()
         self._cache: KVCache | None = None
         self._cached_ids: list[int] = []
         self.encoded_tokens = 0  # prompt tokens actually encoded, for reuse accounting
@@ -108,16 +110,19 @@ class Engine:
 
         CPU only: on a GPU the counter-based fused sampler (kernels.denoise_sample) runs instead."""
         if self.model.device.type != "cpu":
-            self.compiled = f"not compiled: the compiled step is the CPU path, this model is on {self.model.device}"
+            self.compile_status = (f"not compiled: the compiled step is the CPU path, this model is on "
+                                   f"{self.model.device}")
             return False
+        t0 = time.perf_counter()
         try:
-            seconds = compile_step(self.model, self.generation)
+            step = CompiledStep(self.model, self.generation)
         except Exception as error:  # noqa: BLE001 (no compiler, an unsupported op...: eager still works)
-            self.compiled = f"compile failed, eager: {error!r}"[:300]
+            self.compile_status = f"compile failed, eager: {error!r}"[:300]
             log.warning("compiling the denoising step failed; staying eager: %r", error)
             return False
-        self.compiled = f"denoising step compiled in {seconds:.0f} s"
-        log.info("%s", self.compiled)
+        self.compiled_step = step  # only once it ran: a failed warm-up leaves the engine eager
+        self.compile_status = f"denoising step compiled in {time.perf_counter() - t0:.0f} s"
+        log.info("%s", self.compile_status)
         return True
 
     def describe(self) -> str:
@@ -126,7 +131,7 @@ class Engine:
                 f"layers, {self.config.num_experts} experts top-{self.config.top_k_experts}, canvas "
                 f"{self.config.canvas_length}, {str(self.model.dtype).removeprefix('torch.')} on {self.model.device}"
                 + (f", weights {self.quantize}" if self.quantize != "none" else "")
-                + (f"; {self.compiled}" if self.compiled else ""))
+                + (f"; {self.compile_status}" if self.compile_status else ""))
 
     # ---- prompt KV reuse -------------------------------------------------------------------
 
@@ -191,19 +196,20 @@ class Engine:
 
     # ---- public API ------------------------------------------------------------------------
 
-    def generate(self, prompt: str, *, max_new_tokens: int | None = None, steps: int | None = None,
-                 entropy_bound: float | None = None, seed: int | None = 0, exact: bool = False,
-                 on_step: Callable[[Draft], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Completion:
-        """Continue `prompt`. `exact=True` draws noise like transformers' generate (torch RNG)."""
+    def continue_text(self, prompt: str, *, max_new_tokens: int | None = None, steps: int | None = None,
+                      entropy_bound: float | None = None, seed: int | None = 0, exact: bool = False,
+                      on_step: Callable[[Draft], None] | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Continuation:
+        """The text after `prompt`, canvas by canvas. `exact=True` draws noise like transformers'
+        generate (torch RNG)."""
         gen = self._generation(steps, entropy_bound)
         ids = ([self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []) + self.tokenizer.encode(prompt)
         cache = self.prefill(ids)
         self._cached_ids = []  # generate commits canvases into the cache: do not reuse it blindly
         self._cache = None
-        out = generate(self.model, torch.empty((1, 0), dtype=torch.long, device=self.model.device), gen,
-                       noise=self._noise(seed, exact), cache=cache, max_new_tokens=max_new_tokens,
-                       on_step=on_step, should_stop=should_stop)
+        out = generate_blocks(self.model, torch.empty((1, 0), dtype=torch.long, device=self.model.device), gen,
+                              noise=self._noise(seed, exact), cache=cache, max_new_tokens=max_new_tokens,
+                              on_step=on_step, should_stop=should_stop, compiled=self.compiled_step)
         new = out.new_tokens[0].tolist()
         stop = set(gen.eos_token_id)
         text_ids = []
@@ -211,8 +217,8 @@ class Engine:
             if t in stop:
                 break
             text_ids.append(t)
-        return Completion(self.tokenizer.decode(text_ids), len(text_ids), out.steps,
-                          float(out.tokens_per_forward[0]), out.ms)
+        return Continuation(self.tokenizer.decode(text_ids), len(text_ids), out.steps, int(out.decoder_passes[0]),
+                            float(out.tokens_per_forward[0]), out.ms)
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
@@ -258,7 +264,8 @@ class Engine:
                 on_step(draft.step, tok.decode(extract_middle(row, filler=tok.filler_id, stop_ids=set())))
 
         result = denoise(self.model, self.model.decoder_context(cache, len(rows)), cache.length, canvas, gen,
-                         noise, clamped=clamped, on_step=report if on_step else None, should_stop=should_stop)
+                         noise, clamped=clamped, on_step=report if on_step else None, should_stop=should_stop,
+                         compiled=self.compiled_step)
         ms = (time.perf_counter() - t0) * 1000
         stop_ids = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
         found: dict[str, Infill] = {}

@@ -96,19 +96,17 @@ class RaggedContext:
 
 
 class RaggedDecoder:
-    """What `denoise` needs of a model (decoder_logits, config, compiled_step), for rows whose
+    """What `denoising_step` needs of a model (decoder_logits, soft_embedding), for rows whose
     prompts differ in length: each row's canvas at its own positions, padding masked out."""
-
-    compiled_step = None  # the compiled step is for one row; a batch runs eager
 
     def __init__(self, model: DiffusionGemma):
         self.model, self.config = model, model.config
+        self.soft_embedding = model.soft_embedding
 
-    def decoder_logits(self, canvas: torch.Tensor, context: RaggedContext, start, sc_logits=None) -> torch.Tensor:
+    def decoder_logits(self, canvas: torch.Tensor, context: RaggedContext, start, soft=None) -> torch.Tensor:
         model = self.model
         B, C = canvas.shape
         positions = context.starts[:, None] + torch.arange(C, device=canvas.device)[None]  # (B, C)
-        soft = None if sc_logits is None else model.soft_embedding(sc_logits)
         x = model.self_condition(model.embed_tokens(canvas), soft)
 
         def attend(i, spec, q, k, v):

@@ -233,7 +233,6 @@ class DiffusionGemma(nn.Module):
         self.sc_up = nn.Linear(H, I, bias=False)
         self.sc_down = nn.Linear(I, H, bias=False)
         self._inv_freq = {spec: rope_inv_freq(spec) for spec in set(config.layers)}
-        self.compiled_step = None  # engine.generate.compile_step: the fused denoising step
 
     @property
     def dtype(self) -> torch.dtype:
@@ -331,10 +330,6 @@ class DiffusionGemma(nn.Module):
             k, v = cache.keys[i][:, :, start:L], cache.values[i][:, :, start:L]
             if k.shape[0] != batch:
                 k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
-            if self.compiled_step is not None:
-                # fresh contiguous tensors, once per canvas: a cache slice's strides and storage
-                # offset (0 for a prompt shorter than the window) would fail the compiled graph's guards
-                k, v = k.clone(memory_format=torch.contiguous_format), v.clone(memory_format=torch.contiguous_format)
             keys.append(k)
             values.append(v)
         return DecoderContext(keys, values)
@@ -365,9 +360,10 @@ class DiffusionGemma(nn.Module):
         return self.run(x, positions, attend, decoder=True)
 
     def decoder_logits(self, canvas: torch.Tensor, context: DecoderContext, start: int,
-                       sc_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """One denoising step's logits, decode then logits: (B, C, V) fp32, softcapped."""
-        return self.logits(self.decode(canvas, context, start, sc_logits))
+                       soft: torch.Tensor | None = None) -> torch.Tensor:
+        """One denoising step's logits (B, C, V) fp32, softcapped, given its self-conditioning input
+        soft (B, C, H) (None on a canvas's first step): decode_soft then logits."""
+        return self.logits(self.decode_soft(canvas, context.keys, context.values, start, soft))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

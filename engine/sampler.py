@@ -1,19 +1,37 @@
-"""One denoising step's sampling decisions: temperature schedule, sampling, entropy-bound
-acceptance, renoising and the stable-and-confident stop.
+"""How a denoising step draws: the temperature schedule, the noise sources, their sampling ops,
+and the stable-and-confident stop.
 
-Two noise sources drive the same loop: `TorchNoise` draws from torch's RNG in the reference's
-exact order (randint canvas, then per step multinomial + randint), so a seeded run reproduces
-transformers' `generate` token for token (and, with a private generator, is the fast CPU path);
-`CounterNoise` draws Gumbel noise and renoise tokens from a counter-based hash (no RNG state,
-one fused kernel on GPU).
+A noise source gives a canvas's starting noise and, for each step, its `draws`: the sampling
+op `denoising_step` (engine/generate.py) applies to the step's tempered logits, and the tokens
+it renoises with. Three sources, one step:
+- `TorchNoise()` (reference mode): torch's global RNG in transformers' exact order (randint
+  canvas, then per step multinomial + randint), so a seeded run reproduces its `generate`
+  token for token;
+- `TorchNoise(generator)` (the CPU path): a private generator draws one uniform per position
+  and the renoise tokens before the step, which samples by inverse CDF: a pure function of its
+  inputs (`Drawn`), so the engine can compile the whole step;
+- `CounterNoise` (the GPU path): Gumbel-max noise and renoise tokens from a counter-based hash,
+  no RNG state; its sampling op is `kernels.denoise_sample`, one fused kernel on a GPU.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 import kernels
 from kernels.reference import counter_hash
+
+
+class Sampled(NamedTuple):
+    """What a sampling op returns for processed logits (B, C, V): each (B, C)."""
+
+    sample: torch.Tensor  # drawn tokens
+    argmax: torch.Tensor  # most likely tokens
+    entropy: torch.Tensor  # fp32, 0 at positions not drawn
+    logprob: torch.Tensor  # fp32 log p(argmax), 0 at positions not drawn
 
 
 def temperature(step: int, num_steps: int, t_min: float, t_max: float) -> float:
@@ -40,6 +58,63 @@ def ignore_current_token(logits: torch.Tensor, canvas: torch.Tensor, where: torc
     logits.scatter_(-1, index, current.masked_fill(where[..., None], float("-inf")))
 
 
+def inverse_cdf(processed: torch.Tensor, uniform: torch.Tensor, rows: torch.Tensor | None = None) -> Sampled:
+    """Sample processed logits (B, C, V) fp32 at the given uniforms (B, C): the token where the
+    CDF crosses u, counted (= searchsorted's left insertion point) so that it fuses into one pass.
+    Traceable. `rows` (B, C) bool: the positions drawn (entropy and logprob 0 elsewhere)."""
+    V = processed.shape[-1]
+    logp = torch.log_softmax(processed, dim=-1)  # (B, C, V)
+    probs = logp.exp()
+    cdf = probs.cumsum(-1)  # (B, C, V)
+    sample = (cdf < uniform[..., None] * cdf[..., -1:]).sum(-1).clamp(max=V - 1)
+    argmax = processed.argmax(-1)
+    entropy = entropy_of(probs, logp)
+    logprob = logp.gather(-1, argmax[..., None])[..., 0]
+    if rows is not None:
+        entropy, logprob = torch.where(rows, entropy, 0.0), torch.where(rows, logprob, 0.0)
+    return Sampled(sample, argmax, entropy, logprob)
+
+
+def multinomial(processed: torch.Tensor) -> Sampled:
+    """Sample processed logits (B, C, V) with torch.multinomial on torch's global RNG: the
+    reference's own draw, for token-for-token parity."""
+    B, C, V = processed.shape
+    logp = torch.log_softmax(processed, dim=-1, dtype=torch.float32)  # (B, C, V)
+    probs = logp.exp()
+    sample = torch.multinomial(probs.view(-1, V), num_samples=1).view(B, C)
+    argmax = processed.argmax(-1)
+    return Sampled(sample, argmax, entropy_of(probs, logp), logp.gather(-1, argmax[..., None])[..., 0])
+
+
+def on_rows(sample, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
+    """`sample` (processed (1, N, V) -> Sampled) run on the positions in `rows` only (clamped
+    ones are never accepted, so never need a draw); zeros elsewhere. None: every position."""
+    if rows is None:
+        return sample(processed)
+    drawn = sample(processed[rows][None])  # (1, N) each
+    B, C, _ = processed.shape
+    out = Sampled(*(torch.zeros((B, C), dtype=t.dtype, device=processed.device) for t in drawn))
+    for full, part in zip(out, drawn):
+        full[rows] = part[0]
+    return out
+
+
+@dataclass
+class Drawn:
+    """One step's noise drawn ahead of it: a uniform per position (B, C) fp32 and the renoise
+    tokens (B, C). Sampling from it is a pure function of the step's inputs (what torch.compile
+    traces)."""
+
+    uniform: torch.Tensor
+    renoise_tokens: torch.Tensor
+
+    def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
+        return inverse_cdf(processed, self.uniform, rows)
+
+    def renoise(self) -> torch.Tensor:
+        return self.renoise_tokens
+
+
 class TorchNoise:
     """Reference-compatible noise from torch's RNG: the global one (seed it with torch.manual_seed),
     or a private `generator`, which keeps concurrent users' draws apart."""
@@ -50,57 +125,35 @@ class TorchNoise:
     def canvas(self, batch: int, length: int, device) -> torch.Tensor:
         return torch.randint(0, self.vocab_size, (batch, length), device=device, generator=self.generator)
 
-    def sample(self, processed: torch.Tensor, step: int, rows: torch.Tensor | None = None):
-        """processed (B, C, V) temperature-scaled logits -> (sample, argmax, entropy) each (B, C).
+    def draws(self, step: int, canvas: torch.Tensor, rows: torch.Tensor | None) -> Drawn | _GlobalDraws:
+        """Step `step`'s draws for `canvas` (B, C), sampling the positions in `rows` (None: all)."""
+        if self.generator is None:
+            return _GlobalDraws(self, canvas)
+        return Drawn(self.uniforms(canvas, rows), self.canvas(*canvas.shape, canvas.device))
 
-        With `rows` (B, C) bool only those positions are sampled (the rest: argmax, entropy 0)."""
-        if rows is not None:
-            return _on_rows(self.sample, processed, step, rows)
-        B, C, V = processed.shape
-        logp = torch.log_softmax(processed, dim=-1, dtype=torch.float32)  # (B, C, V)
-        probs = logp.exp()
-        if self.generator is None:  # the reference's own draw, for token-for-token parity
-            sample = torch.multinomial(probs.view(-1, V), num_samples=1).view(B, C)
-        else:  # inverse CDF: one uniform per row (multinomial's exponential race costs ~10x more on a CPU)
-            cdf = probs.cumsum(-1)  # (B, C, V)
-            u = torch.rand((B, C, 1), generator=self.generator, device=probs.device) * cdf[..., -1:]
-            sample = torch.searchsorted(cdf, u).clamp_(max=V - 1)[..., 0]
-        return sample, processed.argmax(-1), entropy_of(probs, logp)
-
-    def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
-        return self.canvas(batch, length, device)
-
-    def uniforms(self, rows: torch.Tensor) -> torch.Tensor:
-        """The uniforms `sample(…, rows)` would draw with a private generator, (B, C) fp32, drawn in the
-        same order (one per position in `rows`, 0 elsewhere): for sample_step, which takes them as input."""
+    def uniforms(self, canvas: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """One uniform per position in `rows` from the private generator, in row-major order; 0
+        elsewhere: (B, C) fp32. (One per row of the vocabulary: multinomial's exponential race
+        costs ~10x more on a CPU.)"""
+        if rows is None:
+            return torch.rand(canvas.shape, generator=self.generator, device=canvas.device)
         out = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
         out[rows] = torch.rand((1, int(rows.sum()), 1), generator=self.generator, device=rows.device).view(-1)
         return out
 
 
-def sample_step(logits: torch.Tensor, canvas: torch.Tensor, clamped: torch.Tensor, noised: torch.Tensor,
-                temperature: torch.Tensor, uniform: torch.Tensor, renoise_tokens: torch.Tensor,
-                bound: torch.Tensor, ignore_noise_tokens: bool):
-    """A denoising step's decisions from its logits (B, C, V) as one traceable function, so that
-    torch.compile fuses them with the decoder pass: what `denoise`'s eager loop computes with a
-    private-generator TorchNoise, given the uniforms it would draw (TorchNoise.uniforms).
+class _GlobalDraws:
+    """Draws on torch's global RNG, taken when the step asks, in the reference's order: the
+    sample (multinomial), then the renoise tokens (randint)."""
 
-    Returns (next canvas, accepted, argmax with clamped positions kept, entropy (0 where clamped),
-    probabilities (B, C, V) fp32 for the next step's self-conditioning, log p of the argmax)."""
-    V = logits.shape[-1]
-    processed = logits / temperature
-    if ignore_noise_tokens:
-        ignore_current_token(processed, canvas, noised)  # in place on the fresh quotient
-    logp = torch.log_softmax(processed, dim=-1)
-    probs = logp.exp()
-    cdf = probs.cumsum(-1)
-    # the inverse CDF as a count (= searchsorted's left insertion point), which fuses into one pass
-    sample = (cdf < uniform[..., None] * cdf[..., -1:]).sum(-1).clamp(max=V - 1)
-    free = ~clamped
-    argmax = torch.where(clamped, canvas, processed.argmax(-1))
-    ent = torch.where(free, entropy_of(probs, logp), 0.0)
-    new_canvas, accepted = kernels.entropy_accept(ent, canvas, sample, clamped, bound, renoise_tokens)
-    return new_canvas, accepted, argmax, ent, probs, logp.gather(-1, argmax[..., None])[..., 0]
+    def __init__(self, noise: TorchNoise, canvas: torch.Tensor):
+        self.noise, self.shape, self.device = noise, canvas.shape, canvas.device
+
+    def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
+        return on_rows(multinomial, processed, rows)
+
+    def renoise(self) -> torch.Tensor:
+        return self.noise.canvas(*self.shape, self.device)
 
 
 class CounterNoise:
@@ -117,26 +170,28 @@ class CounterNoise:
         self.canvas_index += 1
         return self._tokens(batch, length, device, stream=0)
 
-    def sample(self, processed: torch.Tensor, step: int, rows: torch.Tensor | None = None):
-        if rows is not None:
-            return _on_rows(self.sample, processed, step, rows)
+    def draws(self, step: int, canvas: torch.Tensor, rows: torch.Tensor | None) -> _CounterDraws:
+        B, C = canvas.shape
+        return _CounterDraws(self.seed, self.canvas_index * 4099 + step, self._tokens(B, C, canvas.device, step + 1))
+
+
+@dataclass
+class _CounterDraws:
+    seed: int
+    key: int  # (canvas index, step): the Gumbel noise of row r is keyed by key * rows + r
+    renoise_tokens: torch.Tensor
+
+    def _sample(self, processed: torch.Tensor) -> Sampled:
         B, C, _ = processed.shape
-        offset = (self.canvas_index * 4099 + step) * B * C
-        return kernels.denoise_sample(processed, 1.0, seed=self.seed, offset=offset)
+        sample, argmax, entropy = kernels.denoise_sample(processed, 1.0, seed=self.seed, offset=self.key * B * C)
+        logprob = torch.log_softmax(processed, -1).gather(-1, argmax[..., None])[..., 0]
+        return Sampled(sample, argmax, entropy, logprob)
 
-    def renoise(self, batch: int, length: int, device, step: int) -> torch.Tensor:
-        return self._tokens(batch, length, device, stream=step + 1)
+    def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
+        return on_rows(self._sample, processed, rows)
 
-
-def _on_rows(sample, processed: torch.Tensor, step: int, rows: torch.Tensor):
-    """Sample only the positions in `rows` (clamped ones are never accepted, so never need a draw)."""
-    picked, argmax, ent = sample(processed[rows][None], step)  # (1, N) each
-    B, C, _ = processed.shape
-    out_sample = torch.zeros((B, C), dtype=torch.long, device=processed.device)
-    out_argmax = torch.zeros_like(out_sample)
-    out_entropy = torch.zeros((B, C), dtype=torch.float32, device=processed.device)
-    out_sample[rows], out_argmax[rows], out_entropy[rows] = picked[0], argmax[0], ent[0]
-    return out_sample, out_argmax, out_entropy
+    def renoise(self) -> torch.Tensor:
+        return self.renoise_tokens
 
 
 class StableAndConfident:

@@ -18,7 +18,7 @@ from hf_reference import CONFIGS, make_reference  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from engine.checkpoint import load_model  # noqa: E402
-from engine.generate import generate  # noqa: E402
+from engine.generate import generate_blocks  # noqa: E402
 from engine.model import KVCache  # noqa: E402
 from engine.sampler import TorchNoise  # noqa: E402
 
@@ -51,7 +51,7 @@ def measure(name: str, path: Path) -> list[str]:
                 torch.manual_seed(seed)
                 a = ref.generate(prompt, max_new_tokens=24).sequences
                 torch.manual_seed(seed)
-                b = generate(ours, prompt, gen, noise=TorchNoise(V), max_new_tokens=24).sequences
+                b = generate_blocks(ours, prompt, gen, noise=TorchNoise(V), max_new_tokens=24).sequences
                 same += torch.equal(a, b)
             extra = f"{same}/10 | —"
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from functools import partial
 
 import pytest
 import torch
@@ -13,9 +12,9 @@ import torch
 import engine.generate as engine_generate
 from engine import Cancelled, Engine, EngineError
 from engine.cli import main as cli_main
-from engine.generate import denoise, fused_step
+from engine.generate import CompiledStep, denoise, step_of_tensors
 from engine.model import KVCache
-from engine.sampler import TorchNoise
+from engine.sampler import CounterNoise, TorchNoise
 from engine.training.tiny import write_tiny_checkpoint
 
 
@@ -76,15 +75,16 @@ def test_seed_reproducibility(engine):
     a = engine.infill("x = ", "\n", seed=7, max_middle_tokens=8)
     b = engine.infill("x = ", "\n", seed=7, max_middle_tokens=8)
     assert [c.text for c in a] == [c.text for c in b]
-    g1 = engine.generate("import os\n", max_new_tokens=32, seed=3)
-    g2 = engine.generate("import os\n", max_new_tokens=32, seed=3)
+    g1 = engine.continue_text("import os\n", max_new_tokens=32, seed=3)
+    g2 = engine.continue_text("import os\n", max_new_tokens=32, seed=3)
     assert g1.text == g2.text
 
 
 def test_max_tokens_respected(engine):
-    out = engine.generate("import os\n", max_new_tokens=40, seed=0)
+    out = engine.continue_text("import os\n", max_new_tokens=40, seed=0)
     canvases = -(-40 // engine.config.canvas_length)
     assert len(out.steps) <= canvases and out.tokens <= canvases * engine.config.canvas_length
+    assert out.decoder_passes == sum(out.steps)  # one row: its passes are its canvases' steps
 
 
 def test_per_step_callback_sees_each_draft(engine):
@@ -162,31 +162,33 @@ def test_prompts_beyond_the_model_positions_keep_the_most_recent_prefix(engine, 
 
 
 def test_fast_cpu_sampler_draws_from_the_distribution():
-    from engine.sampler import TorchNoise
-
     noise = TorchNoise(4, torch.Generator().manual_seed(0))
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))[None, None].expand(1, 20000, 4)
-    sample, argmax, entropy = noise.sample(logits, step=1)
+    canvas = torch.zeros(1, 20000, dtype=torch.long)
+    sample, argmax, entropy, logprob = noise.draws(1, canvas, None).sample(logits, None)
+    torch.testing.assert_close(logprob, torch.full_like(logprob, 0.4).log())
     freq = torch.bincount(sample.flatten(), minlength=4) / sample.numel()
     torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
     assert (argmax == 3).all()
     torch.testing.assert_close(entropy, torch.full_like(entropy, 1.2799), atol=1e-3, rtol=0)
 
 
-def test_sampling_only_free_rows_leaves_clamped_rows_alone():
-    from engine.sampler import TorchNoise
-
-    noise = TorchNoise(6, torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("noise", [TorchNoise(6, torch.Generator().manual_seed(0)), TorchNoise(6), CounterNoise(6, 0)],
+                         ids=["private-generator", "global-rng", "counter"])
+def test_every_noise_source_draws_only_the_free_positions(noise):
     logits = torch.randn(2, 5, 6)
     rows = torch.tensor([[True, False, True, False, False], [False, False, False, False, True]])
-    sample, argmax, entropy = noise.sample(logits, 1, rows)
+    sample, argmax, entropy, logprob = noise.draws(1, torch.zeros(2, 5, dtype=torch.long), rows).sample(logits, rows)
     assert (entropy[~rows] == 0).all() and (entropy[rows] > 0).all()
+    assert (logprob[~rows] == 0).all() and (logprob[rows] < 0).all()
     assert torch.equal(argmax[rows], logits.argmax(-1)[rows])
+    torch.testing.assert_close(logprob[rows], torch.log_softmax(logits, -1).max(-1).values[rows])
+    assert ((sample >= 0) & (sample < 6)).all()
 
 
 def _step_inputs(engine, n, width, first_step, rows=1):
     """A prompt of n tokens in the cache and one denoising step's inputs for a canvas of `width`
-    whose first third is clamped (as infill builds it): fused_step's arguments after the model."""
+    whose first third is clamped (as infill builds it): step_of_tensors' arguments after the model."""
     model = engine.model
     cache = KVCache(engine.config, rows, model.dtype, "cpu")
     model.encode(torch.arange(3, 3 + n).repeat(rows, 1), cache)
@@ -196,17 +198,17 @@ def _step_inputs(engine, n, width, first_step, rows=1):
     clamped[:, : width // 3] = True
     soft = torch.zeros(rows, width, engine.config.hidden_size) if first_step else \
         model.soft_embedding(torch.randn(rows, width, engine.config.vocab_size, generator=g)).float()
-    ctx = model.decoder_context(cache, rows)
+    ctx = CompiledStep.context(model.decoder_context(cache, rows))  # as denoise hands it to the graph
     return (canvas, ctx.keys, ctx.values, cache.length, soft.to(model.dtype), clamped, ~clamped,
-            torch.tensor(0.6), torch.rand((rows, width), generator=g),
-            torch.randint(0, engine.config.vocab_size, (rows, width), generator=g), torch.tensor(0.1),
-            engine.generation.ignore_noise_tokens)
+            torch.tensor(0.6), torch.tensor(0.1), engine.generation.ignore_noise_tokens,
+            torch.rand((rows, width), generator=g), torch.randint(0, engine.config.vocab_size, (rows, width), generator=g))
 
 
 @pytest.mark.parametrize("ignore_noise_tokens", [True, False])
-def test_the_fused_step_makes_the_eager_loops_decisions(tiny, ignore_noise_tokens):
-    """fused_step (what Engine.compile compiles) run uncompiled on fp32 weights denoises a clamped
-    canvas to the same tokens, step counts and scores as the eager loop, from the same draws."""
+def test_the_traced_step_makes_the_eager_loops_decisions(tiny, ignore_noise_tokens):
+    """The step as torch.compile traces it (CompiledStep: tensors in, draws taken outside, context
+    made contiguous; here without code generation, aot_eager) denoises a clamped canvas on fp32
+    weights to the same tokens, step counts and scores as the eager loop, from the same draws."""
     engine = Engine.load(tiny, dtype="float32")
     model = engine.model
     gen = dataclasses.replace(engine.generation, ignore_noise_tokens=ignore_noise_tokens, max_denoising_steps=6)
@@ -216,17 +218,17 @@ def test_the_fused_step_makes_the_eager_loops_decisions(tiny, ignore_noise_token
     clamped = torch.zeros_like(known, dtype=torch.bool)
     clamped[:, :5] = clamped[:, -7:] = True
 
-    def run():
+    def run(compiled=None):
         noise = TorchNoise(engine.config.vocab_size, torch.Generator().manual_seed(3))
         canvas = torch.where(clamped, known, noise.canvas(1, 24, "cpu"))
         steps = []
         result = denoise(model, model.decoder_context(cache, 1), cache.length, canvas, gen, noise, clamped=clamped,
-                         on_step=lambda d: steps.append((d.canvas.clone(), d.accepted.clone())))
+                         on_step=lambda d: steps.append((d.canvas.clone(), d.accepted.clone())), compiled=compiled)
         return result, steps
 
     eager, eager_steps = run()
-    model.compiled_step = partial(fused_step, model)
-    fused, fused_steps = run()
+    traced = CompiledStep(model, gen, backend="aot_eager")
+    fused, fused_steps = run(traced)
     assert torch.equal(fused.argmax, eager.argmax) and torch.equal(fused.forwards, eager.forwards)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fused_steps, eager_steps))
     assert len(fused_steps) == len(eager_steps) and any(accepted.any() for _, accepted in eager_steps)
@@ -240,15 +242,15 @@ def test_the_compiled_step_serves_other_shapes_as_exactly_as_eager(tiny):
     engine = Engine.load(tiny, dtype="bfloat16")
     truth = Engine.load(tiny, dtype="float32")
     assert engine.compile() and "denoising step compiled" in engine.describe()
-    graph = engine.model.compiled_step.graph
+    graph = engine.compiled_step.graph
     with torch.no_grad():
         for n, width, first_step in ((40, 16, False), (7, 11, True), (90, 32, False)):
             args = _step_inputs(engine, n, width, first_step)
             with torch.compiler.set_stance("fail_on_recompile"):  # raises if this shape needed a new graph
                 compiled = graph(*args)
-            eager = fused_step(engine.model, *args)
-            exact = fused_step(truth.model, *_step_inputs(truth, n, width, first_step))
-            for i in (3, 4, 5):  # entropy, next self-conditioning input, log p(argmax)
+            eager = step_of_tensors(engine.model, *args)
+            exact = step_of_tensors(truth.model, *_step_inputs(truth, n, width, first_step))
+            for i in (3, 4, 5):  # entropy, log p(argmax), next self-conditioning input
                 err_compiled = (compiled[i].float() - exact[i]).abs().mean()
                 err_eager = (eager[i].float() - exact[i]).abs().mean()
                 assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, i, err_compiled, err_eager)
@@ -265,10 +267,10 @@ def test_a_failed_compile_leaves_the_engine_eager(tiny, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(engine_generate, "fused_step", broken)  # fails inside compile_step's warm-up
+    monkeypatch.setattr(engine_generate, "step_of_tensors", broken)  # fails inside CompiledStep's warm-up
     assert not engine.compile()
     assert "compile failed" in engine.describe() and "no C++ compiler" in engine.describe()
-    assert engine.model.compiled_step is None
+    assert engine.compiled_step is None
     assert engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=6)
 
 

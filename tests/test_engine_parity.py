@@ -9,7 +9,7 @@ import torch
 
 import kernels
 from engine.checkpoint import checkpoint_names, load_model
-from engine.generate import generate
+from engine.generate import generate_blocks
 from engine.model import KVCache
 from engine.sampler import TorchNoise
 from hf_reference import CONFIGS, make_reference
@@ -93,7 +93,7 @@ def _run_both(reference, ours, gen, seed, max_new_tokens=24):
     torch.manual_seed(seed)
     ref = reference.generate(prompt, max_new_tokens=max_new_tokens)
     torch.manual_seed(seed)
-    mine = generate(ours, prompt, gen, noise=TorchNoise(V), max_new_tokens=max_new_tokens)
+    mine = generate_blocks(ours, prompt, gen, noise=TorchNoise(V), max_new_tokens=max_new_tokens)
     return ref, mine
 
 

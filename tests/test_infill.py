@@ -139,14 +139,16 @@ def test_a_trained_model_still_fills_holes_when_ignoring_noise_tokens(toy_engine
 def test_ignored_tokens_leave_entropy_finite_and_positions_accepted(toy_engine):
     """A -inf logit (an ignored noise token) adds 0 to a row's entropy: with 0 * -inf = nan, every
     noisy position's entropy was nan, the entropy bound accepted nothing and the last step's
-    marginals wrote the whole hole. On the engine's CPU sampler (TorchNoise with a generator)."""
+    marginals wrote the whole hole. On every noise source's sampling op, then denoising on the CPU's."""
     from engine.sampler import TorchNoise, entropy
 
     logits = torch.tensor([[[2.0, 1.0, float("-inf"), 0.5]]])
     p = torch.softmax(torch.tensor([2.0, 1.0, 0.5]), -1)
     expected = -(p * p.log()).sum()
-    _, _, ent = TorchNoise(4, torch.Generator().manual_seed(0)).sample(logits, 1)
-    torch.testing.assert_close(ent[0, 0], expected)
+    canvas = torch.zeros(1, 1, dtype=torch.long)
+    for noise in (TorchNoise(4, torch.Generator().manual_seed(0)), TorchNoise(4), CounterNoise(4, 0)):
+        ent = noise.draws(1, canvas, None).sample(logits, None).entropy
+        torch.testing.assert_close(ent[0, 0], expected)
     torch.testing.assert_close(entropy(logits)[0, 0], expected)
 
     tok = toy_engine.tokenizer

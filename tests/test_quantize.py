@@ -124,5 +124,5 @@ def test_int4_rejects_a_shape_its_packing_cannot_hold():
 def test_quantized_engine_generates_and_infills(tiny_model_dir):
     engine = Engine.load(tiny_model_dir, dtype="bfloat16", quantize="int4")
     assert "weights int4" in engine.describe()
-    out = engine.generate("def add(a, b):", max_new_tokens=8, seed=0)
+    out = engine.continue_text("def add(a, b):", max_new_tokens=8, seed=0)
     assert out.tokens > 0

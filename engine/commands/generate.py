@@ -16,9 +16,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     engine = load_engine(args)
-    out = engine.generate(args.prompt, max_new_tokens=args.max_new_tokens, steps=args.steps, seed=args.seed,
-                          exact=args.exact)
+    out = engine.continue_text(args.prompt, max_new_tokens=args.max_new_tokens, steps=args.steps, seed=args.seed,
+                               exact=args.exact)
     print(out.text)
-    print(f"[{out.tokens} tokens, {sum(out.steps)} steps, {out.tokens_per_forward:.2f} tokens/forward, "
+    print(f"[{out.tokens} tokens, {out.decoder_passes} decoder passes, {out.tokens_per_forward:.2f} tokens/forward, "
           f"{out.ms:.0f} ms]", file=sys.stderr)
     return 0
