@@ -31,6 +31,18 @@ async def client(request, tiny_model_dir):
         yield client
 
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def slow_model(client):
+    """Settings under which one completion denoises for seconds (1024 steps a canvas on the tiny
+    model, ~1000x a message round trip), so an edit or a cancel sent once the model has started
+    always lands while it runs; the fast settings come back even when the test fails."""
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 1024}})
+    )
+    yield
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
+
+
 def inline_params(
     doc: Doc, offset: int, kind: types.InlineCompletionTriggerKind, selected: types.SelectedCompletionInfo | None = None
 ) -> types.InlineCompletionParams:
@@ -124,12 +136,8 @@ async def test_completion_fallback_gives_one_text_edit_item(client):
     assert doc.applied([edit]) == text[:cursor] + edit.new_text[len("gra") :] + text[cursor:]
 
 
-async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
+async def test_a_newer_version_makes_the_pending_request_return_nothing(client, slow_model):
     doc = prose(client)
-    # Slow enough that the edit lands while the model is still denoising.
-    client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 64}})
-    )
     traces = len(client.traces)
     pending = asyncio.ensure_future(
         client.text_document_inline_completion_async(
@@ -141,14 +149,10 @@ async def test_a_newer_version_makes_the_pending_request_return_nothing(client):
     result = await pending
     assert result is None or result.items == []
     assert any("stopped" in t for t in client.traces[traces:])
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"dgemma": FAST}))
 
 
-async def test_cancel_request_stops_the_model_and_the_server_keeps_answering(client):
+async def test_cancel_request_stops_the_model_and_the_server_keeps_answering(client, slow_model):
     doc = prose(client)
-    client.workspace_did_change_configuration(
-        types.DidChangeConfigurationParams(settings={"dgemma": {**FAST, "maxMiddleTokens": 64, "steps": 64}})
-    )
     traces = len(client.traces)
     params = inline_params(doc, PROSE_CURSOR, types.InlineCompletionTriggerKind.Invoked)
     pending = asyncio.ensure_future(
