@@ -79,7 +79,7 @@ def agreement(requests: int, corpus: str) -> list[dict]:
         tok = engine.tokenizer
         gen, fill, t_gen, t_fill = [], [], [], []
         for i, prompt in enumerate(prompts):
-            out = engine.generate(prompt, max_new_tokens=32, seed=i)
+            out = engine.continue_text(prompt, max_new_tokens=32, seed=i)
             gen.append(tok.encode(out.text))
             t_gen.append(out.ms)
         for i, (prefix, suffix, _) in enumerate(holes):

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .config import GenerationConfig, ModelConfig, read_json
 from .errors import CheckpointError
+from .gguf_checkpoint import find_gguf, load_gguf
 from .model import DiffusionGemma
 from .quantize import check_mode, quantize_weight, release_freed_heap
 
@@ -136,7 +137,11 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
     """-> (model, ModelConfig, GenerationConfig, root dir). Raises CheckpointError with the file/tensor named.
 
     `quantize`: none, int8, int4 or fp8 (engine.quantize); every projection and expert weight is
-    quantized as it is read, so the full-precision model never exists on the host or the device."""
+    quantized as it is read, so the full-precision model never exists on the host or the device.
+    A .gguf file (or a directory holding one and no safetensors) loads through engine.gguf_checkpoint."""
+    gguf_file = find_gguf(path)
+    if gguf_file is not None:
+        return load_gguf(gguf_file, dtype=dtype, device=device, quantize=quantize)
     root = resolve_dir(path)
     config = ModelConfig.from_hf_dict(read_json(root / "config.json"), str(root / "config.json"))
     gen_path = root / "generation_config.json"

@@ -39,18 +39,20 @@ class QuantizeError(EngineError):
 
 
 def _torchao():
-    """Import torchao quietly: it logs a warning per optional CUDA extension it cannot load."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Import torchao quietly: it logs a warning per optional CUDA extension it cannot load, and
+    torch a deprecation notice for an enum torchao registers."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        import torchao.quantization  # noqa: F401
         import torchao.prototype.quantization.int4  # noqa: F401
+        import torchao.quantization  # noqa: F401
     except ImportError as e:
         raise QuantizeError(f"--quantize needs torchao (pip install torchao): {e}") from None
     finally:
-        logger.setLevel(level)
-    return torchao
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def check_mode(mode: str, dtype: torch.dtype, device: str | torch.device) -> None:
@@ -153,6 +155,7 @@ def quantize_weight(name: str, weight: torch.Tensor, mode: str) -> torch.Tensor 
 def _int8_experts(weight: torch.Tensor) -> torch.Tensor:
     """(E, N, K) -> one 3-D Int8Tensor with a scale per expert row, quantized an expert at a time: a
     whole-tensor from_hp holds several fp32 copies of the 26B's 1 GB expert tensor at once."""
+    _torchao()
     from torchao.quantization import Int8Tensor
 
     E, N, K = weight.shape
@@ -241,8 +244,8 @@ def footprint(config: ModelConfig, mode: str, compute_bytes: int = 2) -> Footpri
 
 
 def available_memory() -> dict[str, int]:
-    """Device name -> bytes: 'cpu' (total RAM) and each CUDA GPU's total memory."""
-    out = {"cpu": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    """Device name -> bytes: "RAM" (total) and each CUDA GPU's total memory."""
+    out = {"RAM": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             out[f"cuda:{i} ({torch.cuda.get_device_name(i)})"] = torch.cuda.get_device_properties(i).total_memory
