@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="checkpoint directory (default: the embedded model); the dgemma.model setting overrides it",
     )
+    parser.add_argument("--quantize", default="none", choices=["none", "int8", "int4", "fp8"],
+                        help="weight-only quantization while the model loads (docs/quantization.md); "
+                        "the dgemma.quantize setting overrides it")
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             set_threads(args.threads)
         except EngineError as error:
             sys.exit(f"dgemma-ls: error: --threads: {error}")
-    server = build_server(cli_model=args.model)
+    server = build_server(cli_model=args.model, cli_quantize=args.quantize)
     if args.tcp:
         server.start_tcp(args.host, args.port)
     else:
