@@ -2,7 +2,7 @@
 timed test, run from the repository root; writes benchmarks/results/server_latency.json:
 
     python -m benchmarks.server_latency [--model DIR] [--corpus DIR] [--requests 30] [--no-compile]
-        [--steps N] [--debounce-ms N] [--out-json PATH]
+        [--steps N] [--debounce-ms N] [--quantize int8|int4] [--out-json PATH]
 
 Starts `python -m dgemma_ls` on stdio with the server's default settings (debounce included,
 so the time is what a user waits), then for each FIM spot cut from held-out corpus files
@@ -65,6 +65,8 @@ async def run(args) -> tuple[dict[str, list[float]], str]:
         settings["steps"] = args.steps
     if args.debounce_ms is not None:
         settings["debounceMs"] = args.debounce_ms
+    if args.quantize is not None:
+        settings["quantize"] = args.quantize
     command = [sys.executable, "-m", "dgemma_ls", "--log-level", args.log_level]
     command += ["--model", args.model] if args.model else []
     await client.start_io(*command, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -139,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--debounce-ms", type=int, default=None,
                         help="the dgemma.debounceMs setting (default: the server's; 0 times the server alone)")
     parser.add_argument("--no-compile", action="store_true", help="dgemma.compile false (default: the server's true)")
+    parser.add_argument("--quantize", default=None, choices=["none", "int8", "int4"],
+                        help="the dgemma.quantize setting (docs/quantization.md; default: none)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server (default 1)")
     parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="the server's --log-level (its log goes to stderr)")
@@ -149,7 +153,8 @@ def main(argv=None) -> int:
     steps = args.steps if args.steps is not None else "model default"
     debounce = f"{args.debounce_ms} ms" if args.debounce_ms is not None else "server default"
     table = {"title": (f"Inline completion through the server (steps: {steps}; debounce: {debounce}; compile: "
-                       f"{not args.no_compile}; {args.threads} thread(s); load average {os.getloadavg()[0]:.1f})"),
+                       f"{not args.no_compile}; weights {args.quantize or 'none'}; {args.threads} thread(s); "
+                       f"load average {os.getloadavg()[0]:.1f})"),
              "header": ["case", "requests", "ms p50", "ms p95", "ms mean"],
              "rows": [[case, len(ms), f"{statistics.median(ms):.0f}", f"{pct(ms, 0.95):.0f}",
                        f"{statistics.fmean(ms):.0f}"] for case, ms in sorted(times.items())],
@@ -157,7 +162,7 @@ def main(argv=None) -> int:
     print(f"### {table['title']}\n\n{markdown(table)}\n")
     write_result(args.out_json, "server_latency", {"inline": table}, model=args.model, threads=args.threads,
                  requests=args.requests, settings={"steps": args.steps, "debounceMs": args.debounce_ms,
-                                                   "compile": not args.no_compile})
+                                                   "compile": not args.no_compile, "quantize": args.quantize})
     return 0
 
 
