@@ -67,7 +67,7 @@ def lsp_errors(handler: Callable) -> Callable:
 
 
 class _Malformed:
-    """A message whose params did not parse: answered with an error, never handled."""
+    """A message that cannot be handled: a request among them is answered with `error`."""
 
     def __init__(self, data: dict, error: JsonRpcException):
         self.id, self.method, self.error = data.get("id"), data.get("method"), error
@@ -81,26 +81,22 @@ class DgemmaProtocol(LanguageServerProtocol):
         self._initialize_seen = False
 
     def structure_message(self, data: dict[str, Any]):
+        # json.loads calls this for every object, innermost first; only messages carry "jsonrpc"
+        if "jsonrpc" in data and data["jsonrpc"] != self.VERSION:
+            return _Malformed(data, JsonRpcInvalidRequest(f'"jsonrpc" must be "{self.VERSION}"'))
         try:
             return super().structure_message(data)
         except JsonRpcException as error:  # pygls would drop it; the client would wait forever
-            return _Malformed(data, error)
+            cause = f": {error.__cause__}" if error.__cause__ else ""
+            return _Malformed(data, type(error)(f"invalid params for {data.get('method')}{cause}"))
 
     def handle_message(self, message: Any):
+        if isinstance(message, dict):  # no "jsonrpc" member at all
+            message = _Malformed(message, JsonRpcInvalidRequest(f'"jsonrpc" must be "{self.VERSION}"'))
         if isinstance(message, _Malformed):
-            log.warning("malformed %s (id %r): %s", message.method, message.id, message.error.__cause__)
+            log.warning("%s (id %r) not handled: %s", message.method, message.id, message.error)
             if message.id is not None and message.method is not None:
-                error = JsonRpcInvalidParams(f"invalid params for {message.method}: {message.error.__cause__}")
-                self._send_response(message.id, error=error.to_response_error())
-            return
-        version = message.get("jsonrpc") if isinstance(message, dict) else getattr(message, "jsonrpc", None)
-        if version != self.VERSION:
-            msg_id = message.get("id") if isinstance(message, dict) else getattr(message, "id", None)
-            method = message.get("method") if isinstance(message, dict) else getattr(message, "method", None)
-            log.warning("not a JSON-RPC %s message (jsonrpc %r, id %r): ignored", self.VERSION, version, msg_id)
-            if msg_id is not None and method is not None:
-                error = JsonRpcInvalidRequest(f'"jsonrpc" must be "{self.VERSION}", not {version!r}')
-                self._send_response(msg_id, error=error.to_response_error())
+                self._send_response(message.id, error=message.error.to_response_error())
             return
         super().handle_message(message)
 

@@ -9,7 +9,7 @@ from typing import Union
 
 import pytest
 import pytest_asyncio
-from lsp_support import CLIENTS, Doc, session
+from lsp_support import CLIENTS, FAILED, Doc, session
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import client_capabilities
@@ -163,3 +163,16 @@ async def test_without_resolve_support_the_action_is_a_command_that_applies_its_
         edits = doc.edits_of(applied[0].edit)
         assert json.loads(doc.applied(edits)) == {"a": [1, 2], "b": True}
         assert [e["newText"] for e in result["edits"]] == [e.new_text for e in edits]
+
+
+async def test_without_a_model_fills_are_offered_disabled_with_the_reason(tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    async with session("visual_studio_code", model=str(broken), wait=FAILED) as client:
+        text = "def area(width, height):\n    pass  # TODO compute the area\n"
+        doc = Doc(client, text)
+        [action] = titled(await actions_at(client, doc, text.index("pass")), "Fill in the middle")
+        assert action.disabled is not None and "failed to load" in action.disabled.reason
+        broken_json = Doc(client, "{'a': True,}", "json", ".json")  # the repairs need no model
+        [repair] = titled(await actions_at(client, broken_json, 0), "Repair JSON")
+        assert repair.disabled is None
