@@ -5,7 +5,8 @@
 "use strict";
 
 const vscode = require("vscode");
-const { LanguageClient, TransportKind } = require("vscode-languageclient/node");
+const { DidChangeConfigurationNotification, LanguageClient, TransportKind } = require("vscode-languageclient/node");
+const which = require("which");
 
 const SECTION = "dgemma";
 const LANGUAGES = ["python", "javascript", "javascriptreact", "typescript", "typescriptreact", "json", "jsonc", "markdown"];
@@ -16,7 +17,7 @@ const RESTART_KEYS = ["serverPath", "serverArgs"];
 
 /** @type {LanguageClient | undefined} */
 let client;
-/** @type {vscode.OutputChannel} */
+/** @type {vscode.LogOutputChannel} */
 let output;
 
 /** The `dgemma` section as the server expects it, without the extension-only keys. */
@@ -39,6 +40,8 @@ function createClient() {
   const args = config.get("serverArgs") || [];
   /** @type {import("vscode-languageclient/node").ServerOptions} */
   const serverOptions = { command, args, transport: TransportKind.stdio };
+  /** @type {LanguageClient} */
+  let languageClient;
   /** @type {import("vscode-languageclient/node").LanguageClientOptions} */
   const clientOptions = {
     documentSelector: LANGUAGES.flatMap((language) => [
@@ -46,10 +49,18 @@ function createClient() {
       { scheme: "untitled", language },
     ]),
     initializationOptions: { [SECTION]: serverSettings() },
-    // Pushes workspace/didChangeConfiguration with {dgemma: {...}} when these change.
+    // Pushes workspace/didChangeConfiguration when these change (and once after start-up).
     synchronize: { configurationSection: SERVER_KEYS.map((key) => `${SECTION}.${key}`) },
     middleware: {
       workspace: {
+        // The client's own payload leaves out every falsy value, so `compile: false` would
+        // never arrive (the server would fall back to its default, true): send the section
+        // as serverSettings() builds it instead.
+        didChangeConfiguration: async () => {
+          await languageClient.sendNotification(DidChangeConfigurationNotification.type, {
+            settings: { [SECTION]: serverSettings() },
+          });
+        },
         // The server may also pull the section: answer with the same filtered view.
         configuration: async (params, token, next) => {
           const result = await next(params, token);
@@ -62,26 +73,34 @@ function createClient() {
     },
     outputChannel: output,
   };
-  return new LanguageClient("dgemma", "dgemma-ls", serverOptions, clientOptions);
+  // vscode-languageclient 10 registers textDocument/inlineCompletion (ghost text) by itself.
+  // 9.x did so only after registerProposedFeatures(), and sent VS Code's trigger kinds
+  // unconverted (Invoke 0, Automatic 1) where LSP 3.18 has Invoked 1, Automatic 2.
+  languageClient = new LanguageClient("dgemma", "dgemma-ls", serverOptions, clientOptions);
+  return languageClient;
 }
 
 async function start() {
+  // A server that cannot be found gets one actionable message here; starting the client
+  // anyway would add vscode-languageclient's own "couldn't create connection" popup.
+  const command = vscode.workspace.getConfiguration(SECTION).get("serverPath") || "dgemma-ls";
+  if (!which.sync(command, { nothrow: true })) {
+    const choice = await vscode.window.showErrorMessage(
+      `dgemma-ls: no executable "${command}". ` +
+        "Install the server (pip install dgemma-ls) or set dgemma.serverPath to its executable.",
+      "Open Settings",
+    );
+    if (choice === "Open Settings") {
+      vscode.commands.executeCommand("workbench.action.openSettings", "dgemma.serverPath");
+    }
+    return;
+  }
   client = createClient();
   try {
     await client.start();
   } catch (error) {
-    const command = vscode.workspace.getConfiguration(SECTION).get("serverPath");
-    const choice = await vscode.window.showErrorMessage(
-      `dgemma-ls could not start "${command}": ${error instanceof Error ? error.message : error}. ` +
-        "Install the server (pip install dgemma-ls) or set dgemma.serverPath to its executable.",
-      "Open Settings",
-      "Show Log",
-    );
-    if (choice === "Open Settings") {
-      vscode.commands.executeCommand("workbench.action.openSettings", "dgemma.serverPath");
-    } else if (choice === "Show Log") {
-      output.show();
-    }
+    // vscode-languageclient has already shown the failure and logged it in the output channel
+    output.error(`dgemma-ls did not start: ${error instanceof Error ? error.message : error}`);
   }
 }
 
@@ -92,7 +111,7 @@ async function stop() {
     try {
       await running.stop();
     } catch (error) {
-      output.appendLine(`stopping dgemma-ls: ${error}`);
+      output.error(`stopping dgemma-ls: ${error}`);
     }
   }
 }
@@ -104,7 +123,8 @@ async function restart() {
 
 /** @param {vscode.ExtensionContext} context */
 async function activate(context) {
-  output = vscode.window.createOutputChannel("dgemma-ls");
+  // vscode-languageclient 10 logs through a LogOutputChannel's info / warn / error
+  output = vscode.window.createOutputChannel("dgemma-ls", { log: true });
   context.subscriptions.push(
     output,
     vscode.commands.registerCommand("dgemma.restartServer", restart),
@@ -116,7 +136,7 @@ async function activate(context) {
     }),
   );
   if (!vscode.workspace.getConfiguration("editor").get("inlineSuggest.enabled", true)) {
-    output.appendLine("editor.inlineSuggest.enabled is off: inline completions will not show.");
+    output.warn("editor.inlineSuggest.enabled is off: inline completions will not show.");
   }
   await start();
 }
