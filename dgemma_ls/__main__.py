@@ -37,6 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads (default: torch's own, which honours OMP_NUM_THREADS); "
                         "the dgemma.threads setting overrides it")
+    remote = parser.add_argument_group("remote backend (docs/serve.md; the dgemma.backend* settings override these)")
+    remote.add_argument("--backend", choices=["local", "dgemma", "openai"], default=None,
+                        help="local: the in-process engine (default); dgemma: a `dgemma serve`; openai: any "
+                        "OpenAI-compatible server")
+    remote.add_argument("--backend-url", default=None, metavar="URL", help="e.g. http://gpu-box:8012")
+    remote.add_argument("--backend-model", default=None, metavar="NAME", help="model name to send")
+    remote.add_argument("--backend-api-key-env", default=None, metavar="NAME",
+                        help="environment variable holding the API key")
+    remote.add_argument("--backend-timeout-ms", type=int, default=None, metavar="MS", help="per request (10000)")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser.parse_args(argv)
 
@@ -64,7 +73,11 @@ def main(argv: list[str] | None = None) -> None:
             set_threads(args.threads)
         except EngineError as error:
             sys.exit(f"dgemma-ls: error: --threads: {error}")
-    server = build_server(cli_model=args.model, cli_quantize=args.quantize)
+    from dgemma_ls.settings import Settings
+
+    cli_backend = Settings(backend=args.backend, backend_url=args.backend_url, backend_model=args.backend_model,
+                           backend_api_key_env=args.backend_api_key_env, backend_timeout_ms=args.backend_timeout_ms)
+    server = build_server(cli_model=args.model, cli_quantize=args.quantize, cli_backend=cli_backend)
     if args.tcp:
         server.start_tcp(args.host, args.port)
     else:

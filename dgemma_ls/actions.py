@@ -9,6 +9,7 @@ interactive work goes first); the rest are pure. Results are str-offset `Edit`s 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from dgemma_ls import context, postprocess, repair_json, repair_markdown
+from dgemma_ls.backends import BackendError
 from dgemma_ls.settings import Settings
 from dgemma_ls.syntax import SyntaxTree
 from dgemma_ls.textedits import minimal_edits
 
 StopPredicate = Callable[[], bool]
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -228,14 +231,18 @@ def model_fill(backend: Backend | None, settings: Settings, should_stop: StopPre
         return None
 
     def fill(prefix: str, suffix: str, max_tokens: int) -> list[str]:
-        infills = backend.infill(
-            prefix,
-            suffix,
-            max_middle_tokens=max(1, min(max_tokens, settings.max_middle_tokens)),
-            steps=settings.steps,
-            entropy_bound=settings.entropy_bound,
-            should_stop=should_stop,
-        )
+        try:
+            infills = backend.infill(
+                prefix,
+                suffix,
+                max_middle_tokens=max(1, min(max_tokens, settings.max_middle_tokens)),
+                steps=settings.steps,
+                entropy_bound=settings.entropy_bound,
+                should_stop=should_stop,
+            )
+        except BackendError as error:  # a remote backend is down: the repair goes on with its rules alone
+            log.warning("repair without the model: %s", error)
+            return []
         usage.add(infills)
         return [printable(infill.text) for infill in infills]
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import aiohttp
 
+from dgemma_ls.settings import BACKENDS, Settings
 from engine import DEFAULT_MODEL, Cancelled, EngineError
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "dgemma", "openai")
 POLL_S = 0.02  # how often a waiting infill checks should_stop
 CHAT_SYSTEM = ("You complete code. The user sends a file with one gap marked {hole}. Reply with only the text "
                "that replaces {hole}: no explanation, no code fences, nothing from before or after the gap.")
@@ -59,10 +59,10 @@ class RemoteInfill:
 @dataclass(frozen=True)
 class BackendConfig:
     kind: str  # "dgemma" or "openai"
-    url: str  # the server's base URL, e.g. http://127.0.0.1:8012 (a trailing /v1 is accepted)
+    url: str  # the server's base URL (empty: not configured, an error when the backend is made), e.g. http://127.0.0.1:8012 (a trailing /v1 is accepted)
     model: str | None = None  # the model name to send; None: the first one the server lists
     api_key_env: str | None = None  # the NAME of an environment variable holding the key
-    timeout_ms: int = 10_000
+    timeout_ms: int = 10_000  # DEFAULT_TIMEOUT_MS
 
 
 def counting_tokenizer() -> Tokenizer:
@@ -77,6 +77,8 @@ class HttpBackend:
     worker) while polling `should_stop`."""
 
     def __init__(self, config: BackendConfig):
+        if not config.url:
+            raise BackendError(f"dgemma.backend is {config.kind!r} but dgemma.backendUrl (--backend-url) is not set")
         if not config.url.startswith(("http://", "https://")):
             raise BackendError(f"backend URL {config.url!r} must start with http:// or https://")
         self.config = config
@@ -85,7 +87,8 @@ class HttpBackend:
         if config.api_key_env:
             self.api_key = os.environ.get(config.api_key_env)
             if not self.api_key:
-                raise BackendError(f"the environment variable {config.api_key_env} (backendApiKeyEnv) is unset or empty")
+                raise BackendError(f"the environment variable {config.api_key_env} (backendApiKeyEnv) is unset "
+                                   "or empty")
         self.tokenizer = counting_tokenizer()
         self.model = config.model
         self.client_id = f"dgemma-ls-{uuid.uuid4().hex[:12]}"  # dgemma serve keeps this editor's prompt cache
@@ -216,6 +219,20 @@ class OpenAIBackend(HttpBackend):
         texts = [middle_from_chat(choice_text(c, "message"), prefix)
                  for c in _choices(reply, f"{self.base}/v1/chat/completions")]
         return _infills(texts, reply, (time.perf_counter() - t0) * 1000)
+
+
+DEFAULT_TIMEOUT_MS = 10_000
+
+
+def backend_config(settings: Settings, flags: Settings) -> BackendConfig | None:
+    """The remote backend the settings ask for (each unset setting falls back to its dgemma-ls flag),
+    or None for the local engine."""
+    kind = settings.backend or flags.backend or "local"
+    if kind == "local":
+        return None
+    return BackendConfig(kind, settings.backend_url or flags.backend_url or "", settings.backend_model or flags.backend_model,
+                         settings.backend_api_key_env or flags.backend_api_key_env,
+                         settings.backend_timeout_ms or flags.backend_timeout_ms or DEFAULT_TIMEOUT_MS)
 
 
 def make_backend(config: BackendConfig) -> HttpBackend:

@@ -162,12 +162,12 @@ def _lsp_range(start: service.Position, end: service.Position) -> types.Range:
 
 
 class DgemmaServer(LanguageServer):
-    def __init__(self, cli_model: str | None = None, cli_quantize: str = "none"):
+    def __init__(self, cli_model: str | None = None, cli_quantize: str = "none", cli_backend=None):
         super().__init__(
             "dgemma-ls", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
             protocol_cls=DgemmaProtocol,
         )
-        self.service = CompletionService(ClientReporter(self), cli_model, cli_quantize)
+        self.service = CompletionService(ClientReporter(self), cli_model, cli_quantize, cli_backend)
         self._load_task: asyncio.Task | None = None
         self._configuration_changes = 0
 
@@ -349,8 +349,9 @@ def _changes(params: types.DidChangeTextDocumentParams) -> list[service.Change]:
     return changes
 
 
-def build_server(cli_model: str | None = None, cli_quantize: str = "none") -> DgemmaServer:
-    server = DgemmaServer(cli_model, cli_quantize)
+def build_server(cli_model: str | None = None, cli_quantize: str = "none", cli_backend=None) -> DgemmaServer:
+    """`cli_backend`: a Settings holding the --backend* flags (the dgemma.backend* settings override them)."""
+    server = DgemmaServer(cli_model, cli_quantize, cli_backend)
 
     async def completion(ls: DgemmaServer, params: types.CompletionParams):
         return await ls.completion(params)

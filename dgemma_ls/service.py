@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from dgemma_ls import actions, context, placeholders
+from dgemma_ls import actions, backends, context, placeholders
 from dgemma_ls.actions import Edit, Hole, Result
 from dgemma_ls.documents import Document
 from dgemma_ls.settings import SECTION, Settings, parse_settings
@@ -180,9 +180,11 @@ class Change:
 
 
 class CompletionService:
-    def __init__(self, reporter: Reporter | None = None, cli_model: str | None = None, cli_quantize: str = "none"):
+    def __init__(self, reporter: Reporter | None = None, cli_model: str | None = None, cli_quantize: str = "none",
+                 cli_backend: Settings | None = None):
         self.reporter = reporter or Reporter()
         self.cli_model = cli_model
+        self.cli_backend = cli_backend or Settings()  # dgemma-ls --backend*; the dgemma.backend* settings override
         self.cli_quantize = cli_quantize  # dgemma-ls --quantize; the dgemma.quantize setting overrides it
         self.settings = Settings()
         self.documents: dict[str, Document] = {}
@@ -235,6 +237,9 @@ class CompletionService:
         supersedes it at any point: it then ends as superseded and never announces itself ready."""
         path = settings.model or self.cli_model
         what = path or "the embedded model"
+        remote = backends.backend_config(settings, self.cli_backend)
+        if remote is not None:
+            what = f"the {remote.kind} backend at {remote.url}"
         progress("begin", what, 0)
         compiling = ", then compiling the denoising step in the background" if settings.compile else ""
         self.reporter.log(logging.INFO, f"dgemma: loading {what} ({settings.device}, {settings.dtype}{compiling})")
@@ -246,7 +251,7 @@ class CompletionService:
         try:
             description = await asyncio.wrap_future(
                 self.worker.load(path, settings.device, settings.dtype, settings.compile,
-                                 quantize=settings.quantize or self.cli_quantize,
+                                 quantize=settings.quantize or self.cli_quantize, remote=remote,
                                  on_compiled=lambda text: loop.call_soon_threadsafe(self._compile_finished, text))
             )
         except Cancelled:

@@ -14,6 +14,7 @@ SECTION = "dgemma"
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZE = ("none", "int8", "int4", "fp8")  # engine.quantize.MODES
+BACKENDS = ("local", "dgemma", "openai")  # dgemma_ls.backends
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,17 @@ class Settings:
     enabled_languages: tuple[str, ...] = ()  # empty -> every language
     debounce_ms: int = 75
     threads: int | None = None  # torch CPU threads of the server process; None -> --threads, else torch's own
+    # where infills run (dgemma_ls/backends.py, docs/serve.md); None -> the dgemma-ls flag, else the default
+    backend: str | None = None  # local (the in-process engine), dgemma (a dgemma serve URL) or openai
+    backend_url: str | None = None
+    backend_model: str | None = None
+    backend_api_key_env: str | None = None  # the NAME of an environment variable holding the key
+    backend_timeout_ms: int | None = None
 
-    def engine_key(self) -> tuple[str | None, str, str, str | None, bool]:
+    def engine_key(self) -> tuple:
         """What a model load depends on: a change here means a reload."""
-        return (self.model, self.device, self.dtype, self.quantize, self.compile)
+        return (self.model, self.device, self.dtype, self.quantize, self.compile, self.backend, self.backend_url,
+                self.backend_model, self.backend_api_key_env, self.backend_timeout_ms)
 
     def language_enabled(self, language_id: str) -> bool:
         return not self.enabled_languages or language_id in self.enabled_languages
@@ -117,6 +125,11 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "enabledLanguages": ("enabled_languages", _languages),
     "debounceMs": ("debounce_ms", _int_in(0, 5000)),
     "threads": ("threads", _int_in(1, 256, optional=True)),
+    "backend": ("backend", _optional_choice(BACKENDS)),
+    "backendUrl": ("backend_url", _optional_str),
+    "backendModel": ("backend_model", _optional_str),
+    "backendApiKeyEnv": ("backend_api_key_env", _optional_str),
+    "backendTimeoutMs": ("backend_timeout_ms", _int_in(100, 600_000, optional=True)),
 }
 
 

@@ -18,6 +18,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
+from dgemma_ls.backends import BackendConfig, HttpBackend, make_backend
 from engine import Cancelled, Engine, EngineError
 
 T = TypeVar("T")
@@ -75,24 +76,30 @@ class ModelWorker:
         return future
 
     def load(self, path: str | None, device: str, dtype: str, compile: bool = False, quantize: str = "none",
-             on_compiled: Callable[[str], None] | None = None) -> Future[str]:
+             on_compiled: Callable[[str], None] | None = None, remote: BackendConfig | None = None) -> Future[str]:
         """Replace the engine; resolves to its one-line description or raises EngineError.
 
         With `compile`, the engine serves eager at once while its denoising step compiles on a
         background thread (Engine.compile: ~10-40 s of one core, at low priority); the compiled
         step takes over from the next request on, and `on_compiled(description)` reports the
-        outcome (called on that thread), unless a newer load superseded this one."""
+        outcome (called on that thread), unless a newer load superseded this one.
+
+        With `remote`, a remote backend (dgemma_ls.backends) takes the engine's place: nothing is
+        loaded or compiled here, and every job gets the backend instead."""
         self._load_generation += 1
         generation = self._load_generation
-        self.engine = None
+        replaced, self.engine = self.engine, None
         self.description = ""
         self.unavailable_reason = "the model is loading"
 
         def task() -> str:
+            if isinstance(replaced, HttpBackend):  # close its connections (on this thread: no job is using it)
+                replaced.close()
             if generation != self._load_generation or self._closing.is_set():
                 raise Cancelled("a newer model load superseded this one")
             try:
-                engine = Engine.load(path, device=device, dtype=dtype, quantize=quantize)
+                engine = make_backend(remote) if remote else Engine.load(path, device=device, dtype=dtype,
+                                                                         quantize=quantize)
             except EngineError as error:
                 if generation == self._load_generation:
                     self.unavailable_reason = f"the model failed to load: {error}"
@@ -105,7 +112,7 @@ class ModelWorker:
                 raise Cancelled("a newer model load superseded this one")
             self.engine = engine
             self.description = engine.describe()
-            if compile:
+            if compile and remote is None:
                 threading.Thread(target=self._compile, args=(engine, generation, on_compiled),
                                  name="dgemma-compile", daemon=True).start()
             return self.description
@@ -158,6 +165,8 @@ class ModelWorker:
     def close(self) -> None:
         self._closing.set()
         self._queue.put((-1, -1, None, None))  # wakes the thread, which then cancels what is queued
+        if isinstance(self.engine, HttpBackend):
+            self.engine.close()
 
 
 class LaneBackend:

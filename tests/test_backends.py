@@ -12,8 +12,14 @@ import time
 import pytest
 from aiohttp import web
 
-from dgemma_ls.backends import (BackendConfig, BackendError, DgemmaBackend, OpenAIBackend, make_backend,
-                                middle_from_chat)
+from dgemma_ls.backends import (
+    BackendConfig,
+    BackendError,
+    DgemmaBackend,
+    OpenAIBackend,
+    make_backend,
+    middle_from_chat,
+)
 from engine import Cancelled
 
 PREFIX, SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
