@@ -139,3 +139,21 @@ async def test_protocol_noise_is_logged_never_shown(raw):
     assert [a["title"] for a in reply["result"]] == ["Repair JSON"]  # the server still answers
     assert raw.sent("window/showMessage") == []
     assert raw.sent("window/logMessage")
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("codeAction/resolve", {"title": "Fill in the middle", "data": {"uri": 3}}),
+        ("codeAction/resolve", {"title": "Fill in the middle", "data": {"uri": DOC, "action": "dgemma.nope"}}),
+        ("codeAction/resolve", {"title": "Fill in the middle", "data": [1, 2]}),
+        ("workspace/executeCommand", {"command": "dgemma.repairJson", "arguments": [{"uri": DOC, "version": "abc"}]}),
+        ("workspace/executeCommand",
+         {"command": "dgemma.fill", "arguments": [{"uri": DOC, "position": {"line": -1, "character": "x"}}]}),
+    ],
+    ids=["resolve-uri-not-a-string", "resolve-unknown-action", "resolve-data-a-list", "command-version-abc",
+         "command-bad-position"],
+)
+async def test_tampered_action_data_and_command_arguments_are_invalid_params(raw, method, params):
+    reply = await raw.request(f"tampered-{json.dumps(params)}", method, params)
+    assert reply["error"]["code"] == INVALID_PARAMS and "Traceback" not in json.dumps(reply)
