@@ -49,9 +49,10 @@ class Service:
         try:
             body = await request.json()
         except web.HTTPRequestEntityTooLarge:
-            raise p.BadRequest(f"the request body is larger than {self.options.max_request_bytes} bytes", None, 413)
+            raise p.BadRequest(f"the request body is larger than {self.options.max_request_bytes} bytes",
+                               None, 413) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise p.BadRequest(f"the request body is not valid JSON: {error}")
+            raise p.BadRequest(f"the request body is not valid JSON: {error}") from None
         if not isinstance(body, dict):
             raise p.BadRequest("the request body must be a JSON object")
         return body
@@ -64,7 +65,7 @@ class Service:
         try:
             self.scheduler.submit(*jobs)
         except QueueFull as full:
-            raise p.BadRequest(f"the server is busy: {full}; retry shortly", None, 503, "server_busy")
+            raise p.BadRequest(f"the server is busy: {full}; retry shortly", None, 503, "server_busy") from None
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(j.future) for j in jobs)))
         except BaseException:
@@ -143,9 +144,11 @@ class Service:
         return web.json_response(finish(await self.wait(job))[0])
 
     def warm(self, engine: Engine, prefix: str, client: str | None) -> None:
-        ids = ([engine.tokenizer.bos_id] if engine.tokenizer.bos_id is not None else []) + engine.tokenizer.encode(prefix)
-        if client is not None and len(ids) > 0:
-            self.scheduler.caches.prefill(engine.model, client, engine.fit_prompt(ids, engine.config.max_position_embeddings // 2))
+        tok = engine.tokenizer
+        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
+        if client is not None and ids:
+            limit = engine.config.max_position_embeddings // 2
+            self.scheduler.caches.prefill(engine.model, client, engine.fit_prompt(ids, limit))
 
     def infill_reply(self, req: p.InfillRequest, outcome, content: str) -> dict:
         if outcome is None:
@@ -165,7 +168,7 @@ class Service:
         canvas = req.stream and req.stream_canvas
         if req.suffix is not None:
             client = self.client(request, req.user)
-            jobs = [Job(hole=Hole(req.prompt, req.suffix, req.max_tokens, client),
+            jobs = [Job(hole=Hole(req.prompt, req.suffix, req.max_tokens, client), steps=req.steps,
                         on_step=self.step_sink(events, i) if canvas else None) for i in range(req.n)]
 
             def finish(results) -> list[dict]:
@@ -251,7 +254,8 @@ class Service:
                 put(p.canvas_event(draft.step, draft.max_steps, tok.decode(state["last"])))
 
         def run(engine: Engine, should_stop: Callable[[], bool]) -> dict:
-            engine.generate(prompt, max_new_tokens=max_tokens, seed=seed, should_stop=should_stop, on_step=on_step)
+            engine.continue_text(prompt, max_new_tokens=max_tokens, steps=self.scheduler.steps, seed=seed,
+                                 should_stop=should_stop, on_step=on_step)
             text, tokens = text_of(state["blocks"] + [state["last"]])
             if not text.startswith(state["sent"]):  # never contradict what was streamed
                 text = state["sent"]

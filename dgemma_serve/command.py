@@ -11,7 +11,8 @@ import sys
 
 from aiohttp import web
 
-from engine import Engine, EngineError
+from engine import EngineError
+from engine.commands import add_model_arguments, load_engine
 
 from .app import Options, build_app
 from .scheduler import Scheduler
@@ -20,9 +21,7 @@ log = logging.getLogger("dgemma_serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    add_model_arguments(parser)  # --model --device --dtype --quantize --steps --seed, as every dgemma command
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: loopback only; 0.0.0.0 shares it on the network)")
     parser.add_argument("--port", type=int, default=8012, help="port (default: 8012, llama.vim's; 0: any free port)")
@@ -31,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=32, help="requests waiting before 503 (default: 32)")
     parser.add_argument("--max-batch", type=int, default=8, help="holes denoised in one batch (default: 8)")
     parser.add_argument("--cache-clients", type=int, default=8,
-                        help="clients whose prompt KV cache is kept for reuse, least recently used evicted (default: 8)")
+                        help="clients whose prompt KV cache is kept for reuse, least recently used evicted "
+                             "(default: 8)")
     parser.add_argument("--max-request-bytes", type=int, default=1 << 20, help="largest request body (default: 1 MiB)")
     parser.add_argument("--n-predict", type=int, default=48,
                         help="/infill's n_predict when a request leaves it out (default: 48)")
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -53,12 +54,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"dgemma serve: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
     try:
-        engine = Engine.load(args.model, device=args.device, dtype=args.dtype)  # threads: dgemma --threads
+        engine = load_engine(args)  # threads: dgemma --threads
     except EngineError as error:
         print(f"dgemma serve: error: {error}", file=sys.stderr)
         return 1
     log.info("%s", engine.describe())
-    scheduler = Scheduler(engine, max_queue=args.max_queue, max_batch=args.max_batch, cache_clients=args.cache_clients)
+    scheduler = Scheduler(engine, max_queue=args.max_queue, max_batch=args.max_batch, cache_clients=args.cache_clients,
+                          steps=args.steps, seed=args.seed)
     app = build_app(engine, scheduler, Options(api_key=api_key, max_request_bytes=args.max_request_bytes,
                                                default_predict=args.n_predict))
     try:

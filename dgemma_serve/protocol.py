@@ -44,7 +44,8 @@ def _get(body: dict, name: str, kinds: type | tuple[type, ...], default: Any = N
 
 
 def _kind_names(kinds) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "an object"}
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+             dict: "an object"}
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 

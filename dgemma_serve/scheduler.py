@@ -61,8 +61,10 @@ class InfillOutcome:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_queue: int = 32, max_batch: int = 8, cache_clients: int = 8):
+    def __init__(self, engine: Engine, *, max_queue: int = 32, max_batch: int = 8, cache_clients: int = 8,
+                 steps: int | None = None, seed: int = 0):
         self.engine = engine
+        self.steps, self.seed = steps, seed  # defaults: a job's own steps win
         self.max_queue, self.max_batch = max_queue, max_batch
         self.caches = PromptCaches(cache_clients)
         self._queue: list[Job] = []
@@ -147,19 +149,20 @@ class Scheduler:
 
         def on_step(step: int, max_steps: int, drafts: list[str]) -> None:
             latest[:] = drafts
-            for job, draft in zip(jobs, drafts):
+            for job, draft in zip(jobs, drafts, strict=True):
                 if job.on_step is not None and not job.cancelled.is_set():
                     job.on_step(step, max_steps, draft)
 
         t0 = time.perf_counter()
         try:
-            results, stats = infill_batch(self.engine, [j.hole for j in jobs], self.caches, steps=jobs[0].steps,
+            results, stats = infill_batch(self.engine, [j.hole for j in jobs], self.caches,
+                                          steps=jobs[0].steps or self.steps, seed=self.seed,
                                           should_stop=should_stop, on_step=on_step)
         except Cancelled as error:
             # every job is cancelled or out of time; one out of time gets the draft it has: a diffusion
             # draft is a whole middle at every step, less refined
             self.cancelled += sum(j.cancelled.is_set() for j in jobs)
-            for job, draft in zip(jobs, latest):
+            for job, draft in zip(jobs, latest, strict=True):
                 if job.cancelled.is_set() or draft is None:
                     _settle(job.future, error=error)
                 else:
@@ -174,7 +177,7 @@ class Scheduler:
         ms = (time.perf_counter() - t0) * 1000
         self.batches += 1
         self.batched_holes += len(jobs)
-        for i, (job, result) in enumerate(zip(jobs, results)):
+        for i, (job, result) in enumerate(zip(jobs, results, strict=True)):
             _settle(job.future, InfillOutcome(result.text, result.tokens, result.score, stats.prompt_tokens[i],
                                                 stats.encoded_tokens[i], stats.truncated[i], len(jobs), ms,
                                                 stats.prefill_ms))

@@ -167,7 +167,8 @@ async def test_infill_stream_ends_with_a_stop_event(served):
 async def test_concurrent_requests_are_batched_and_all_answered(served):
     before = await health(served)
     async with aiohttp.ClientSession() as s:
-        bodies = [dict(LLAMA_VIM, input_prefix=f"# file {i}\n" + LLAMA_VIM["input_prefix"], id_slot=i) for i in range(8)]
+        bodies = [dict(LLAMA_VIM, input_prefix=f"# file {i}\n" + LLAMA_VIM["input_prefix"], id_slot=i)
+                  for i in range(8)]
         replies = await asyncio.gather(*(post(s, f"{served}/infill", b, headers={"X-Dgemma-Client": f"editor-{i}"})
                                          for i, b in enumerate(bodies)))
     assert all(status == 200 and isinstance(r["content"], str) for status, r in replies)

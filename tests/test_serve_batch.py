@@ -38,7 +38,7 @@ def test_padding_does_not_leak_between_rows(engine):
 
     tok, model = engine.tokenizer, engine.model
     caches, plans = [], []
-    for i, hole in enumerate(HOLES):
+    for hole in HOLES:
         plan = plan_canvas(tok.encode(hole.prefix), tok.encode(hole.suffix), 6, bos=tok.bos_id, eos=tok.eos_ids[0],
                            width=engine.config.canvas_length, context=8)
         cache, _ = PromptCaches().prefill(model, None, plan.prompt)
