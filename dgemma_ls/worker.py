@@ -69,10 +69,9 @@ class ModelWorker:
 
     def _submit(self, priority: int, work: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
-        if self._closing.is_set():
+        self._queue.put((priority, next(self._order), future, work))
+        if self._closing.is_set():  # the thread may have drained the queue already
             future.cancel()
-        else:
-            self._queue.put((priority, next(self._order), future, work))
         return future
 
     def load(self, path: str | None, device: str, dtype: str, compile: bool = False, quantize: str = "none",
