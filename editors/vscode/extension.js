@@ -12,7 +12,7 @@ const SECTION = "dgemma";
 const LANGUAGES = ["python", "javascript", "javascriptreact", "typescript", "typescriptreact", "json", "jsonc", "markdown"];
 // Keys the server reads. serverPath and serverArgs only concern this extension: sending
 // them would earn an "unknown setting" warning from the server.
-const SERVER_KEYS = ["model", "device", "dtype", "quantize", "compile", "steps", "entropyBound", "maxMiddleTokens", "enabledLanguages"];
+const SERVER_KEYS = ["model", "device", "dtype", "quantize", "compile", "steps", "entropyBound", "maxMiddleTokens", "enabledLanguages", "backend", "backendUrl", "backendModel", "backendApiKeyEnv", "backendTimeoutMs"];
 const RESTART_KEYS = ["serverPath", "serverArgs"];
 
 /** @type {LanguageClient | undefined} */
