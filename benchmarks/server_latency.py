@@ -128,6 +128,8 @@ async def run(args) -> tuple[dict[str, list[float]], str]:
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
+    if not any("model started" in m for m in traces):
+        raise SystemExit("the server sent no $/logTrace: model calls and cache answers cannot be told apart")
     return times, f"server ready in {load_s:.1f} s: {ready}"
 
 

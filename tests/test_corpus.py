@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.training.corpus import (
-    FORBIDDEN_ROOTS, Candidate, allowed, build_corpus, distribution_license, iter_documents,
+    Candidate, allowed, build_corpus, distribution_license, forbidden_roots, iter_documents,
     node_candidates, package_json_license, rejection, site_package_candidates, split_of,
 )
 
@@ -165,10 +165,18 @@ def test_binary_non_utf8_and_minified_files_are_skipped(tmp_path):
         "binary": 1, "not-utf8": 1, "minified": 1}
 
 
-def test_work_shared_is_always_forbidden():
-    assert Path("/work/shared") in FORBIDDEN_ROOTS
-    benchmark = Candidate("/work/shared/benchmarks/task.py", "task.py", "fake", "MIT", "python")
-    assert not allowed(benchmark, FORBIDDEN_ROOTS, ())
+def test_the_evaluation_benchmarks_are_always_forbidden(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    write(shared / "benchmarks/humaneval-infilling/task.py", OTHER_MODULE)
+    write(shared / "notes/other.py", OTHER_MODULE)
+    monkeypatch.delenv("DGEMMA_BENCHMARKS", raising=False)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")  # ../shared/benchmarks from here
+    forbidden = forbidden_roots()
+    for path in ("benchmarks/humaneval-infilling/task.py", "notes/other.py"):
+        assert not allowed(Candidate(str(shared / path), path, "fake", "MIT", "python"), forbidden, ())
+    monkeypatch.setenv("DGEMMA_BENCHMARKS", str(tmp_path / "elsewhere"))
+    assert forbidden_roots() == ((tmp_path / "elsewhere").resolve(),)
 
 
 def test_forbidden_roots_exclude_files_and_symlinks_into_them(tmp_path):

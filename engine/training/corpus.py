@@ -35,10 +35,18 @@ LANGUAGE_BY_SUFFIX = {
     ".md": "markdown",
 }
 
-# The benchmarks must never leak into training; our own repo is skipped so the model is not
-# trained on the code that evaluates it.
-FORBIDDEN_ROOTS = (Path("/work/shared"),)
-SKIPPED_ROOTS = (Path("/work/main"),)
+# The checkout this code runs from: skipped, so the model is not trained on the code that evaluates it.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def forbidden_roots() -> tuple[Path, ...]:
+    """What must never leak into training, whatever the caller adds: the evaluation benchmarks
+    (evaluate.benchmarks_root(): $DGEMMA_BENCHMARKS, else ../shared/benchmarks from the working
+    directory) and the shared folder holding them."""
+    from .evaluate import benchmarks_root
+
+    root = benchmarks_root().resolve()
+    return (root, root.parent) if root.parent.name == "shared" else (root,)
 
 # SPDX ids we treat as permissive. MPL-2.0 (file-level copyleft), Artistic-2.0 (npm: limits
 # on redistributing modified versions) and every GPL family are left out on purpose.
@@ -433,12 +441,12 @@ def tally(documents: list[dict], key: str) -> dict:
 
 
 def build_corpus(candidates: Iterable[Candidate], out: Path, max_bytes: int = 400_000_000,
-                 forbidden: tuple[Path, ...] = (), skipped: tuple[Path, ...] = SKIPPED_ROOTS,
+                 forbidden: tuple[Path, ...] = (), skipped: tuple[Path, ...] = (CHECKOUT,),
                  workers: int = 2) -> dict:
     """Filter, deduplicate, split and write train.jsonl / heldout.jsonl / composition.json.
-    `forbidden` adds roots to FORBIDDEN_ROOTS (which cannot be removed)."""
+    `forbidden` adds roots to forbidden_roots() (which cannot be removed)."""
     started = time.time()
-    forbidden = FORBIDDEN_ROOTS + tuple(forbidden)
+    forbidden = forbidden_roots() + tuple(forbidden)
     candidates = [c for c in candidates if allowed(c, forbidden, skipped)]
     reasons = Counter()
     seen_digests: set[str] = set()
