@@ -1,7 +1,7 @@
 """Block-autoregressive diffusion generation: prefill, denoise a canvas, commit it, repeat.
 
 `denoising_step` is one step, defined once: decode -> logits -> temperature -> ignore-noise ->
-sample -> entropy -> accept/renoise -> the next self-conditioning input. `denoise` repeats it
+sample -> entropy -> accept/renoise -> the next step's self-conditioning logits. `denoise` repeats it
 on one canvas until stable and confident (optionally with clamped, known positions: the
 infilling path); `CompiledStep` is its torch.compile'd form, which the Engine owns;
 `generate_blocks` is the outer loop, which in reference mode (TorchNoise) reproduces
@@ -24,7 +24,7 @@ import kernels
 from .config import GenerationConfig
 from .errors import Cancelled
 from .model import DecoderContext, DiffusionGemma, KVCache
-from .sampler import Drawn, StableAndConfident, TorchNoise, ignore_current_token, temperature
+from .sampler import Drawn, Draws, StableAndConfident, TorchNoise, ignore_current_token, temperature
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Draft:
 class Denoised:
     argmax: torch.Tensor  # (B, C) final canvas
     forwards: torch.Tensor  # (B,) decoder passes each row needed
-    logprob: torch.Tensor  # (B, C) log p(argmax token) at the row's last step, 0 where clamped
+    logprob: torch.Tensor  # (B, C) log p(argmax token) at the row's last step
 
 
 @dataclass
@@ -63,19 +63,20 @@ class Step(NamedTuple):
     accepted: torch.Tensor  # (B, C) bool
     argmax: torch.Tensor  # (B, C) the most likely tokens, clamped positions keep theirs
     entropy: torch.Tensor  # (B, C) fp32, 0 where clamped
-    logprob: torch.Tensor  # (B, C) fp32 log p(argmax), 0 where clamped
-    soft: torch.Tensor  # (B, C, H) the next step's self-conditioning input
+    processed: torch.Tensor  # (B, C, V) fp32 tempered logits: the next step's self-conditioning signal
 
 
-def denoising_step(model: DiffusionGemma, canvas: torch.Tensor, context: DecoderContext, start,
+def denoising_step(model: DiffusionGemma, canvas: torch.Tensor, context: DecoderContext, start: int,
                    soft: torch.Tensor | None, clamped: torch.Tensor | None, noised: torch.Tensor,
                    temperature: float | torch.Tensor, bound: float | torch.Tensor, ignore_noise_tokens: bool,
-                   draws) -> Step:
+                   draws: Draws) -> Step:
     """One step on canvas (B, C) at positions [start, start + C): decode with the self-conditioning
-    input `soft` (B, C, H) (None on the first step), temper the logits, forbid the noise tokens
-    `noised` (B, C) hold, sample with `draws` (the noise source's op for this step), accept the
-    positions the entropy bound admits and renoise the rest; clamped positions (B, C) keep their
-    tokens. `denoise` runs it eager; CompiledStep is the same function compiled."""
+    input `soft` (B, C, H) (the last step's tempered logits embedded, None on the first step),
+    temper the logits, forbid the noise tokens `noised` (B, C) hold, sample with `draws` (the noise
+    source's op for this step), accept the positions the entropy bound admits and renoise the rest;
+    clamped positions (B, C) keep their tokens. Returns the tempered logits too: the next step's
+    self-conditioning signal, which `denoise` embeds only when a next step runs. `denoise` runs it
+    eager; CompiledStep is the same function compiled."""
     logits = model.decoder_logits(canvas, context, start, soft)  # (B, C, V) fp32
     processed = logits.div_(temperature)
     if ignore_noise_tokens:
@@ -85,7 +86,7 @@ def denoising_step(model: DiffusionGemma, canvas: torch.Tensor, context: Decoder
     next_canvas, accepted = kernels.entropy_accept(sampled.entropy, canvas, sampled.sample, clamped, bound,
                                                    draws.renoise())
     argmax = sampled.argmax if clamped is None else torch.where(clamped, canvas, sampled.argmax)
-    return Step(next_canvas, accepted, argmax, sampled.entropy, sampled.logprob, model.soft_embedding(processed))
+    return Step(next_canvas, accepted, argmax, sampled.entropy, processed)
 
 
 @torch.no_grad()
@@ -98,7 +99,7 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
     Clamped positions (B, C) keep their tokens: never renoised, never overwritten, always visible.
     `compiled` runs the steps it serves (one row, a private-generator TorchNoise): the same
     function, so the same decisions from the same draws."""
-    B, C = canvas.shape
+    B = canvas.shape[0]
     N = gen.max_denoising_steps
     stopper = StableAndConfident(gen.stability_threshold, gen.confidence_threshold)
     finished = torch.zeros(B, dtype=torch.bool, device=canvas.device)
@@ -108,28 +109,30 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
     run = partial(denoising_step, model)
     if compiled is not None and compiled.serves(canvas, noise):
         run, context = compiled, compiled.context(context)
-    argmax, soft, logprob = canvas, None, None
+    argmax, processed = canvas, None
     for taken, step in enumerate(range(N, 0, -1), start=1):
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
         forwards += ~finished
+        soft = None if processed is None else model.soft_embedding(processed)  # (B, C, H)
         out = run(canvas, context, start, soft, clamped, noised, temperature(step, N, gen.t_min, gen.t_max),
                   gen.entropy_bound, gen.ignore_noise_tokens, noise.draws(step, canvas, free))
         noised = ~out.accepted if free is None else free & ~out.accepted
-        new_canvas, new_argmax, new_soft, new_logprob = out.canvas, out.argmax, out.soft, out.logprob
+        new_canvas, new_argmax, new_processed = out.canvas, out.argmax, out.processed
         if finished.any():  # finished rows keep their state; only the batch keeps running
             keep = finished[:, None]
             new_canvas, new_argmax = torch.where(keep, canvas, new_canvas), torch.where(keep, argmax, new_argmax)
-            new_soft, new_logprob = torch.where(keep[..., None], soft, new_soft), torch.where(keep, logprob, new_logprob)
+            new_processed = torch.where(keep[..., None], processed, new_processed)
         # confidence over the free positions: clamped ones are known, not predicted
         mean_entropy = out.entropy.mean(-1) if free is None else \
             (out.entropy * free).sum(-1) / free.sum(-1).clamp(min=1)
         finished |= stopper(new_argmax, mean_entropy)
-        canvas, argmax, soft, logprob = new_canvas, new_argmax, new_soft, new_logprob
+        canvas, argmax, processed = new_canvas, new_argmax, new_processed
         if on_step is not None:
             on_step(Draft(canvas_index, taken, N, argmax, canvas, out.accepted))
         if finished.all():
             break
+    logprob = torch.log_softmax(processed, -1).gather(-1, argmax[..., None])[..., 0]
     return Denoised(argmax, forwards, logprob)
 
 

@@ -17,7 +17,7 @@ it renoises with. Three sources, one step:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -31,7 +31,16 @@ class Sampled(NamedTuple):
     sample: torch.Tensor  # drawn tokens
     argmax: torch.Tensor  # most likely tokens
     entropy: torch.Tensor  # fp32, 0 at positions not drawn
-    logprob: torch.Tensor  # fp32 log p(argmax), 0 at positions not drawn
+
+
+class Draws(Protocol):
+    """One step's noise: its sampling op, then (in that order, for the global RNG) its renoise tokens."""
+
+    def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
+        """processed (B, C, V) tempered logits, drawn at the positions in `rows` (None: all)."""
+
+    def renoise(self) -> torch.Tensor:
+        """(B, C) tokens for the positions not accepted."""
 
 
 def temperature(step: int, num_steps: int, t_min: float, t_max: float) -> float:
@@ -61,18 +70,14 @@ def ignore_current_token(logits: torch.Tensor, canvas: torch.Tensor, where: torc
 def inverse_cdf(processed: torch.Tensor, uniform: torch.Tensor, rows: torch.Tensor | None = None) -> Sampled:
     """Sample processed logits (B, C, V) fp32 at the given uniforms (B, C): the token where the
     CDF crosses u, counted (= searchsorted's left insertion point) so that it fuses into one pass.
-    Traceable. `rows` (B, C) bool: the positions drawn (entropy and logprob 0 elsewhere)."""
+    Traceable. `rows` (B, C) bool: the positions drawn (entropy 0 elsewhere)."""
     V = processed.shape[-1]
     logp = torch.log_softmax(processed, dim=-1)  # (B, C, V)
     probs = logp.exp()
     cdf = probs.cumsum(-1)  # (B, C, V)
     sample = (cdf < uniform[..., None] * cdf[..., -1:]).sum(-1).clamp(max=V - 1)
-    argmax = processed.argmax(-1)
     entropy = entropy_of(probs, logp)
-    logprob = logp.gather(-1, argmax[..., None])[..., 0]
-    if rows is not None:
-        entropy, logprob = torch.where(rows, entropy, 0.0), torch.where(rows, logprob, 0.0)
-    return Sampled(sample, argmax, entropy, logprob)
+    return Sampled(sample, processed.argmax(-1), entropy if rows is None else torch.where(rows, entropy, 0.0))
 
 
 def multinomial(processed: torch.Tensor) -> Sampled:
@@ -82,8 +87,7 @@ def multinomial(processed: torch.Tensor) -> Sampled:
     logp = torch.log_softmax(processed, dim=-1, dtype=torch.float32)  # (B, C, V)
     probs = logp.exp()
     sample = torch.multinomial(probs.view(-1, V), num_samples=1).view(B, C)
-    argmax = processed.argmax(-1)
-    return Sampled(sample, argmax, entropy_of(probs, logp), logp.gather(-1, argmax[..., None])[..., 0])
+    return Sampled(sample, processed.argmax(-1), entropy_of(probs, logp))
 
 
 def on_rows(sample, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
@@ -109,7 +113,11 @@ class Drawn:
     renoise_tokens: torch.Tensor
 
     def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
-        return inverse_cdf(processed, self.uniform, rows)
+        if rows is None or torch.compiler.is_compiling():
+            return inverse_cdf(processed, self.uniform, rows)
+        # eager, only the free rows (~20 % of a step's sampling); a boolean gather's shape depends
+        # on the data, so the compiled graph samples every row and masks (the same tokens)
+        return on_rows(lambda free: inverse_cdf(free, self.uniform[rows][None]), processed, rows)
 
     def renoise(self) -> torch.Tensor:
         return self.renoise_tokens
@@ -125,7 +133,7 @@ class TorchNoise:
     def canvas(self, batch: int, length: int, device) -> torch.Tensor:
         return torch.randint(0, self.vocab_size, (batch, length), device=device, generator=self.generator)
 
-    def draws(self, step: int, canvas: torch.Tensor, rows: torch.Tensor | None) -> Drawn | _GlobalDraws:
+    def draws(self, step: int, canvas: torch.Tensor, rows: torch.Tensor | None) -> Draws:
         """Step `step`'s draws for `canvas` (B, C), sampling the positions in `rows` (None: all)."""
         if self.generator is None:
             return _GlobalDraws(self, canvas)
@@ -170,7 +178,7 @@ class CounterNoise:
         self.canvas_index += 1
         return self._tokens(batch, length, device, stream=0)
 
-    def draws(self, step: int, canvas: torch.Tensor, rows: torch.Tensor | None) -> _CounterDraws:
+    def draws(self, step: int, canvas: torch.Tensor, rows: torch.Tensor | None) -> Draws:
         B, C = canvas.shape
         return _CounterDraws(self.seed, self.canvas_index * 4099 + step, self._tokens(B, C, canvas.device, step + 1))
 
@@ -183,9 +191,7 @@ class _CounterDraws:
 
     def _sample(self, processed: torch.Tensor) -> Sampled:
         B, C, _ = processed.shape
-        sample, argmax, entropy = kernels.denoise_sample(processed, 1.0, seed=self.seed, offset=self.key * B * C)
-        logprob = torch.log_softmax(processed, -1).gather(-1, argmax[..., None])[..., 0]
-        return Sampled(sample, argmax, entropy, logprob)
+        return Sampled(*kernels.denoise_sample(processed, 1.0, seed=self.seed, offset=self.key * B * C))
 
     def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
         return on_rows(self._sample, processed, rows)

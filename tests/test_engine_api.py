@@ -146,6 +146,7 @@ def test_cli_fill_rejects_binary_files(tiny, tmp_path, capsys):
     assert "looks binary" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_reports_a_broken_model_without_a_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "engine.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
                          capture_output=True, text=True, timeout=120)
@@ -165,8 +166,7 @@ def test_fast_cpu_sampler_draws_from_the_distribution():
     noise = TorchNoise(4, torch.Generator().manual_seed(0))
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))[None, None].expand(1, 20000, 4)
     canvas = torch.zeros(1, 20000, dtype=torch.long)
-    sample, argmax, entropy, logprob = noise.draws(1, canvas, None).sample(logits, None)
-    torch.testing.assert_close(logprob, torch.full_like(logprob, 0.4).log())
+    sample, argmax, entropy = noise.draws(1, canvas, None).sample(logits, None)
     freq = torch.bincount(sample.flatten(), minlength=4) / sample.numel()
     torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
     assert (argmax == 3).all()
@@ -178,11 +178,10 @@ def test_fast_cpu_sampler_draws_from_the_distribution():
 def test_every_noise_source_draws_only_the_free_positions(noise):
     logits = torch.randn(2, 5, 6)
     rows = torch.tensor([[True, False, True, False, False], [False, False, False, False, True]])
-    sample, argmax, entropy, logprob = noise.draws(1, torch.zeros(2, 5, dtype=torch.long), rows).sample(logits, rows)
+    sample, argmax, entropy = noise.draws(1, torch.zeros(2, 5, dtype=torch.long), rows).sample(logits, rows)
     assert (entropy[~rows] == 0).all() and (entropy[rows] > 0).all()
-    assert (logprob[~rows] == 0).all() and (logprob[rows] < 0).all()
+    torch.testing.assert_close(entropy[rows], -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)[rows])
     assert torch.equal(argmax[rows], logits.argmax(-1)[rows])
-    torch.testing.assert_close(logprob[rows], torch.log_softmax(logits, -1).max(-1).values[rows])
     assert ((sample >= 0) & (sample < 6)).all()
 
 
@@ -204,6 +203,7 @@ def _step_inputs(engine, n, width, first_step, rows=1):
             torch.rand((rows, width), generator=g), torch.randint(0, engine.config.vocab_size, (rows, width), generator=g))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ignore_noise_tokens", [True, False])
 def test_the_traced_step_makes_the_eager_loops_decisions(tiny, ignore_noise_tokens):
     """The step as torch.compile traces it (CompiledStep: tensors in, draws taken outside, context
@@ -235,6 +235,7 @@ def test_the_traced_step_makes_the_eager_loops_decisions(tiny, ignore_noise_toke
     torch.testing.assert_close(fused.logprob[~clamped], eager.logprob[~clamped])
 
 
+@pytest.mark.slow
 def test_the_compiled_step_serves_other_shapes_as_exactly_as_eager(tiny):
     """Engine.compile builds one graph for single-row steps: it serves prompt lengths, canvas widths
     and a first step other than its warm-up's without recompiling, as close to the fp32 truth as
@@ -250,10 +251,11 @@ def test_the_compiled_step_serves_other_shapes_as_exactly_as_eager(tiny):
                 compiled = graph(*args)
             eager = step_of_tensors(engine.model, *args)
             exact = step_of_tensors(truth.model, *_step_inputs(truth, n, width, first_step))
-            for i in (3, 4, 5):  # entropy, log p(argmax), next self-conditioning input
-                err_compiled = (compiled[i].float() - exact[i]).abs().mean()
-                err_eager = (eager[i].float() - exact[i]).abs().mean()
-                assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, i, err_compiled, err_eager)
+            # entropy, and the distribution the next step self-conditions on (ignored tokens are -inf)
+            for name, of in (("entropy", lambda step: step[3]), ("p", lambda step: step[4].softmax(-1))):
+                err_compiled = (of(compiled) - of(exact)).abs().mean()
+                err_eager = (of(eager) - of(exact)).abs().mean()
+                assert err_compiled <= 1.5 * err_eager + 1e-3, (n, width, name, err_compiled, err_eager)
     plain = Engine.load(tiny, dtype="bfloat16")
     two = {"max_middle_tokens": 6, "num_candidates": 2}
     assert [c.text for c in engine.infill("def add(a, b):\n    return ", "\n", **two)] == \

@@ -62,12 +62,14 @@ def train_toy_engine(path, steps: int = 600) -> Engine:
     ("abcdefghijab", "ghijabcd", "cdef"),
     ("abc", "efghij", "d"),
 ])
+@pytest.mark.slow
 def test_trained_tiny_model_fills_the_hole(toy_engine, prefix, suffix, middle):
     """A hole of the middle's length, clamped context on both sides, filled exactly."""
     best = toy_engine.infill(prefix, suffix, max_middle_tokens=len(middle), context_tokens=6)[0]
     assert best.text == middle
 
 
+@pytest.mark.slow
 def test_models_without_filler_score_several_hole_lengths(toy_engine, monkeypatch):
     """No filler token: holes of candidate_lengths are denoised as one batch, best score first.
     (At this toy budget every candidate is near-certain, so the order among them is not asserted.)"""
@@ -78,6 +80,7 @@ def test_models_without_filler_score_several_hole_lengths(toy_engine, monkeypatc
     assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
 
 
+@pytest.mark.slow
 def test_clamped_positions_never_change_across_steps(toy_engine):
     tok = toy_engine.tokenizer
     plan = plan_canvas(tok.encode("abcdefgh"), tok.encode("cdefghij"), 5, bos=2, eos=1, width=16, context=5)
@@ -96,6 +99,7 @@ def test_clamped_positions_never_change_across_steps(toy_engine):
         assert not d.accepted[clamped].any()
 
 
+@pytest.mark.slow
 def test_ignore_noise_tokens_never_predicts_the_noise_a_position_holds(toy_engine):
     """Positions holding fresh noise going into a step never get that token back, neither as argmax
     nor as an accepted sample; without the option the same model does copy it."""
@@ -131,11 +135,13 @@ def test_ignore_noise_tokens_never_predicts_the_noise_a_position_holds(toy_engin
         GenerationConfig(ignore_noise_tokens=1)
 
 
+@pytest.mark.slow
 def test_a_trained_model_still_fills_holes_when_ignoring_noise_tokens(toy_engine, monkeypatch):
     monkeypatch.setattr(toy_engine.generation, "ignore_noise_tokens", True)
     assert toy_engine.infill("abcdefghijabcd", "hijabcdefg", max_middle_tokens=3, context_tokens=6)[0].text == "efg"
 
 
+@pytest.mark.slow
 def test_ignored_tokens_leave_entropy_finite_and_positions_accepted(toy_engine):
     """A -inf logit (an ignored noise token) adds 0 to a row's entropy: with 0 * -inf = nan, every
     noisy position's entropy was nan, the entropy bound accepted nothing and the last step's
@@ -178,6 +184,7 @@ def test_prompt_level_fim_mode(tmp_path):
     assert engine._cached_ids[-1] == engine.tokenizer.fim_middle_id
 
 
+@pytest.mark.slow
 def test_causal_baseline_continues_the_prefix_left_to_right(toy_engine):
     """The evaluation's autoregressive baseline: the same weights' encoder, greedy from the prefix
     alone (the toy was trained with the next-token loss too), stopping at max_middle_tokens."""
