@@ -154,7 +154,8 @@ class Service:
         if outcome is None:
             return p.infill_reply("", self.model_id, stopped_by_eos=False, tokens=0, prompt_tokens=0, encoded_tokens=0,
                                   prefill_ms=0.0, ms=0.0, truncated=False, id_slot=req.id_slot, batch=0)
-        return p.infill_reply(content, self.model_id, stopped_by_eos=outcome.tokens < req.n_predict,
+        stopped_by_eos = not outcome.timed_out and outcome.tokens < req.n_predict
+        return p.infill_reply(content, self.model_id, stopped_by_eos=stopped_by_eos,
                               tokens=max(outcome.tokens, 0), prompt_tokens=max(outcome.prompt_tokens, 0),
                               encoded_tokens=max(outcome.encoded_tokens, 0), prefill_ms=outcome.prefill_ms,
                               ms=outcome.ms, truncated=outcome.truncated, id_slot=req.id_slot,

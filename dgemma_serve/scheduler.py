@@ -159,14 +159,14 @@ class Scheduler:
                                           steps=jobs[0].steps or self.steps, seed=self.seed,
                                           should_stop=should_stop, on_step=on_step)
         except Cancelled as error:
-            # every job is cancelled or out of time; one out of time gets the draft it has: a diffusion
-            # draft is a whole middle at every step, less refined
+            # every job is cancelled or out of time; one out of time gets the draft it has (a diffusion
+            # draft is a whole middle at every step, less refined), or nothing before the first step
             self.cancelled += sum(j.cancelled.is_set() for j in jobs)
             for job, draft in zip(jobs, latest, strict=True):
-                if job.cancelled.is_set() or draft is None:
+                if job.cancelled.is_set():
                     _settle(job.future, error=error)
                 else:
-                    _settle(job.future, InfillOutcome(draft, -1, float("nan"), -1, -1, False, len(jobs),
+                    _settle(job.future, InfillOutcome(draft or "", 0, float("nan"), 0, 0, False, len(jobs),
                                                         (time.perf_counter() - t0) * 1000, timed_out=True))
             return
         except BaseException as error:  # noqa: BLE001 (every caller gets it; the thread lives on)

@@ -12,6 +12,8 @@ import aiohttp
 import openai
 import pytest
 
+pytestmark = pytest.mark.slow  # a real dgemma serve per module
+
 
 @pytest.fixture(scope="module")
 def served(start_serve, tiny_model_dir):
@@ -138,6 +140,13 @@ async def test_llama_vim_ring_buffer_warmup_predicts_nothing(served):
     async with aiohttp.ClientSession() as s:
         status, reply = await post(s, f"{served}/infill", warm)
     assert status == 200 and reply == {}
+
+
+async def test_t_max_predict_ms_bounds_the_denoising(served):
+    """Out of time, a hole gets the draft of its last step (or nothing before the first), never an error."""
+    async with aiohttp.ClientSession() as s:
+        status, reply = await post(s, f"{served}/infill", dict(LLAMA_VIM, t_max_predict_ms=1, response_fields=None))
+    assert status == 200 and isinstance(reply["content"], str) and reply["stop_type"] == "limit"
 
 
 async def test_llama_vscode_infill_gets_nested_timings(served):
