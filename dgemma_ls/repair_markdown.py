@@ -234,7 +234,8 @@ def repair_table(
     newline = "\r\n" if "\r\n" in text_of_table else "\n"
     stripped = text_of_table.rstrip("\r\n")
     trailing = text_of_table[len(stripped) :]
-    lines = [(number, line.rstrip("\r")) for number, line in enumerate(stripped.split("\n"), first_line) if line.strip()]
+    numbered = enumerate(stripped.split("\n"), first_line)
+    lines = [(number, line.rstrip("\r")) for number, line in numbered if line.strip()]
     if not lines:
         return TableRepair(text_of_table)
     indent = lines[0][1][: len(lines[0][1]) - len(lines[0][1].lstrip(" "))]
@@ -254,7 +255,8 @@ def repair_table(
     if long_rows:
         where = f"line {long_rows[0]}" if len(long_rows) == 1 else f"{len(long_rows)} rows (first: line {long_rows[0]})"
         repair.notes.append(
-            f"{where}: more cells than the header's {own}; the extra cells are kept in new columns, left empty elsewhere"
+            f"{where}: more cells than the header's {own}; "
+            "the extra cells are kept in new columns, left empty elsewhere"
         )
     columns = max([own] + [_used(row) for row in body] + [1])
     fillable = [(0, c) for c in range(len(header)) if not header[c]] if header else []
@@ -265,7 +267,8 @@ def repair_table(
     alignments += [""] * (columns - len(alignments))
     if fill is not None and len(fillable) > MAX_FILL_CELLS:
         repair.notes.append(
-            f"{len(fillable)} empty cells: more than the {MAX_FILL_CELLS} the model fills in one repair, so none were filled"
+            f"{len(fillable)} empty cells: more than the {MAX_FILL_CELLS} the model fills in one repair, "
+            "so none were filled"
         )
     elif fill is not None:
         _fill_cells(header, body, alignments, fillable, fill, should_stop, repair)
