@@ -60,12 +60,19 @@ class Service:
     def client(self, request: web.Request, named: str | None) -> str:
         return request.headers.get(CLIENT_HEADER) or named or f"address-{request.remote}"
 
-    async def wait(self, *jobs: Job) -> list[Any]:
-        """Queue the jobs and wait for them; a cancelled wait (the client left) cancels them."""
+    def submit(self, *jobs: Job) -> None:
         try:
             self.scheduler.submit(*jobs)
         except QueueFull as full:
             raise p.BadRequest(f"the server is busy: {full}; retry shortly", None, 503, "server_busy") from None
+
+    async def wait(self, *jobs: Job) -> list[Any]:
+        """Queue the jobs and wait for them."""
+        self.submit(*jobs)
+        return await self.results(*jobs)
+
+    async def results(self, *jobs: Job) -> list[Any]:
+        """The queued jobs' results; a cancelled wait (the client left) cancels them."""
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(j.future) for j in jobs)))
         except BaseException:
@@ -82,8 +89,10 @@ class Service:
     async def stream(self, request: web.Request, jobs: list[Job], events: asyncio.Queue,
                      finish: Callable[[list[Any]], list[dict]], done_marker: bool) -> web.StreamResponse:
         """SSE: every event the engine thread queues while the jobs run, then `finish(results)`'s events."""
+        self.submit(*jobs)  # a full queue is a 503 before the stream starts
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        waiting = asyncio.ensure_future(self.wait(*jobs))
+        waiting = asyncio.ensure_future(self.results(*jobs))
+        getter = None
         try:
             await response.prepare(request)
             while True:
@@ -98,16 +107,17 @@ class Service:
                 await send_event(response, events.get_nowait())
             try:
                 results = waiting.result()
-            except p.BadRequest as error:
-                await send_event(response, p.error_body(error.message, error.status, error.kind, error.param))
+            except (Cancelled, EngineError) as error:  # the stream has begun: the error is its last event
+                await send_event(response, p.error_body(str(error), 500, "server_error"))
                 return response
             for event in finish(results):
                 await send_event(response, event)
             if done_marker:
                 await response.write(b"data: [DONE]\n\n")
         finally:
-            if not waiting.done():
-                waiting.cancel()
+            for task in (waiting, getter):
+                if task is not None and not task.done():
+                    task.cancel()
         return response
 
     # ---- routes --------------------------------------------------------------------------------

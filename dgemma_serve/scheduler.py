@@ -169,7 +169,7 @@ class Scheduler:
                     _settle(job.future, InfillOutcome(draft or "", 0, float("nan"), 0, 0, False, len(jobs),
                                                         (time.perf_counter() - t0) * 1000, timed_out=True))
             return
-        except BaseException as error:  # noqa: BLE001 (every caller gets it; the thread lives on)
+        except BaseException as error:  # every caller gets it; the thread lives on
             log.exception("a batch of %d holes failed", len(jobs))
             for job in jobs:
                 _settle(job.future, error=error)

@@ -105,7 +105,7 @@ class RaggedDecoder:
 
     def decoder_logits(self, canvas: torch.Tensor, context: RaggedContext, start, soft=None) -> torch.Tensor:
         model = self.model
-        B, C = canvas.shape
+        C = canvas.shape[1]
         positions = context.starts[:, None] + torch.arange(C, device=canvas.device)[None]  # (B, C)
         x = model.self_condition(model.embed_tokens(canvas), soft)
 

@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow  # a real dgemma serve per module
 
 @pytest.fixture(scope="module")
 def served(start_serve, tiny_model_dir):
-    process, url = start_serve("--model", tiny_model_dir, "--max-batch", "8")
-    return url
+    return start_serve("--model", tiny_model_dir, "--max-batch", "8")[1]
 
 
 def model_id(url: str) -> str:
@@ -188,13 +187,15 @@ async def test_concurrent_requests_are_batched_and_all_answered(served):
     assert batches < holes  # some holes shared a decoder pass
 
 
+# 1024 denoising steps on the tiny model take seconds (it is never confident enough to stop early)
+SLOW_FIM = {"prompt": "def add(a, b):\n    return ", "suffix": "\n", "max_tokens": 8, "dgemma_steps": 1024,
+            "stream": True, "dgemma_stream_canvas": True}
+
+
 async def test_a_client_that_disconnects_frees_its_work(served):
     before = await health(served)
-    body = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 1024, "stream": True,
-            "dgemma_stream_canvas": True}
-    async with aiohttp.ClientSession() as s:
-        async with s.post(f"{served}/v1/chat/completions", json=body) as response:
-            await response.content.readline()  # the generation is running; now go away
+    async with aiohttp.ClientSession() as s, s.post(f"{served}/v1/completions", json=SLOW_FIM) as response:
+        await response.content.readline()  # the hole is being denoised; now go away
     deadline = time.monotonic() + 30
     while (await health(served))["cancelled"] == before["cancelled"]:
         assert time.monotonic() < deadline, "the server kept generating for a client that left"
@@ -244,9 +245,9 @@ def test_api_key_is_required_when_configured(start_serve, tiny_model_dir):
 
 async def test_a_full_queue_answers_503_with_retry_after(start_serve, tiny_model_dir):
     _, url = start_serve("--model", tiny_model_dir, "--max-queue", "1")
-    body = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 1024}
+    body = dict(SLOW_FIM, stream=False, dgemma_stream_canvas=False)
     async with aiohttp.ClientSession() as s:
-        results = await asyncio.gather(*(s.post(f"{url}/v1/chat/completions", json=body) for _ in range(4)))
+        results = await asyncio.gather(*(s.post(f"{url}/v1/completions", json=body) for _ in range(4)))
         statuses = sorted(r.status for r in results)
         busy = [r for r in results if r.status == 503]
         assert statuses[0] == 200 and busy
