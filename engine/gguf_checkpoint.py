@@ -73,7 +73,10 @@ def find_gguf(path: str | Path) -> Path | None:
 
 
 def _reader(path: Path):
-    from gguf import GGUFReader
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise CheckpointError(f"{path}: GGUF checkpoints need the gguf package: pip install 'dgemma-ls[quantize]'") from None
 
     try:
         return GGUFReader(str(path))
@@ -165,14 +168,14 @@ def gguf_names(config: ModelConfig) -> dict[str, str]:
 
 def load_gguf(path: Path, dtype: str | torch.dtype = "auto", device: str = "cpu", quantize: str = "none"):
     """-> (model, ModelConfig, GenerationConfig, the file's directory), as engine.checkpoint.load_model."""
-    from gguf.quants import dequantize
-
     from .checkpoint import DTYPES, _place
 
     if not (path.parent / "tokenizer.json").is_file():
         raise CheckpointError(f"{path.parent}: no tokenizer.json beside {path.name}; the GGUF's own vocabulary is "
                               "not read: put the model's Hugging Face tokenizer.json there")
     reader = _reader(path)
+    from gguf.quants import dequantize
+
     config, gen = _config(reader, path)
     if dtype in (None, "auto"):
         dtype = torch.bfloat16  # the file's blocks are integer codes: compute in bf16

@@ -20,15 +20,16 @@ from .config import ModelConfig
 from .errors import EngineError
 
 MODES = ("none", "int8", "int4", "fp8")
-# int4 group size along the input dimension: 32 measured best of torchao's CPU choices
-# (32/64/128) on logit error (docs/quantization.md, benchmarks/quantize.py); 32 divides every
-# DiffusionGemma input width (hidden 2816, expert width 704, the embedded model's 128).
+# int4 group size along the input dimension, of torchao's CPU choices 32/64/128: their logit errors
+# are equal within noise on the embedded model and 32 kept the most argmaxes (docs/quantization.md,
+# benchmarks/quantize.py); it divides every DiffusionGemma input width (2816, 2112, 704).
 INT4_GROUP = 32
 
 # our parameter names (engine.checkpoint.checkpoint_names) that are quantized: every projection
 # and expert weight. Kept in the compute dtype: the tied embedding / LM head (it is read three
 # ways, and torchao's Int8Tensor embedding lookup dequantizes the whole table per call), the
-# router (E x H, 0.05% of a layer: routing flips cost more than its bytes), norms and scalars.
+# router (E x H, 0.05% of a layer; kept because a flipped expert costs more than its bytes: not
+# measured separately), norms and scalars.
 LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "mlp_gate.weight",
                    "mlp_up.weight", "mlp_down.weight", "sc_gate.weight", "sc_up.weight", "sc_down.weight")
 EXPERT_SUFFIXES = ("experts_gate_up", "experts_down")
@@ -49,7 +50,7 @@ def _torchao():
         import torchao.prototype.quantization.int4  # noqa: F401
         import torchao.quantization  # noqa: F401
     except ImportError as e:
-        raise QuantizeError(f"--quantize needs torchao (pip install torchao): {e}") from None
+        raise QuantizeError(f"--quantize needs torchao: pip install 'dgemma-ls[quantize]' ({e})") from None
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
