@@ -62,6 +62,7 @@ def backend(kind: str, url: str, **options) -> DgemmaBackend | OpenAIBackend:
     return make_backend(BackendConfig(kind, url, **{"timeout_ms": 20_000, **options}))
 
 
+@pytest.mark.slow
 def test_dgemma_backend_fills_on_the_server(served):
     remote = backend("dgemma", served)
     infills = remote.infill(PREFIX, SUFFIX, max_middle_tokens=6, num_candidates=2, steps=4)
@@ -71,6 +72,7 @@ def test_dgemma_backend_fills_on_the_server(served):
     remote.close()
 
 
+@pytest.mark.slow
 def test_openai_backend_uses_suffix_where_the_server_takes_it(served):
     remote = backend("openai", served + "/v1")  # the /v1 an OpenAI base URL usually carries is accepted
     infills = remote.infill(PREFIX, SUFFIX, max_middle_tokens=6)
@@ -78,6 +80,7 @@ def test_openai_backend_uses_suffix_where_the_server_takes_it(served):
     remote.close()
 
 
+@pytest.mark.slow
 def test_openai_backend_falls_back_to_a_chat_prompt_when_suffix_is_refused(served):
     import aiohttp
 

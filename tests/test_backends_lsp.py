@@ -16,6 +16,9 @@ from lsp_support import FAST, Doc, log_containing, session
 from lsprotocol import types
 from test_backends import StandIn
 
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = pytest.mark.slow
+
 CODE = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
 CURSOR = CODE.index("the \n") + len("the ")  # inside a comment: the tiny model's byte soup survives
 

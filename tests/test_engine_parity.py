@@ -97,6 +97,7 @@ def _run_both(reference, ours, gen, seed, max_new_tokens=24):
     return ref, mine
 
 
+@pytest.mark.slow
 def test_generate_matches_reference_token_for_token(pair):
     _, reference, path = pair
     ours, _, gen, _ = load_model(path, dtype="float32")
@@ -121,6 +122,7 @@ def test_early_stop_matches_reference(tmp_path):
     assert early, "no canvas stopped early: the test would not cover the stop criterion"
 
 
+@pytest.mark.slow
 def test_kernels_forced_through_interpreter_match_reference(tmp_path):
     if not (kernels.HAS_TRITON and kernels.INTERPRETED):
         pytest.skip("needs triton with TRITON_INTERPRET=1 (set in conftest before kernels is imported)")

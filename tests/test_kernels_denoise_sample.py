@@ -113,6 +113,7 @@ def test_entropy_matches_categorical_entropy_and_greedy_argmax():
     assert_equal("argmax", argmax, logits.argmax(-1))
 
 
+@pytest.mark.slow
 def test_kernel_entropies_give_reference_accept_set():
     torch.manual_seed(1)
     logits = torch.randn(2, 64, 500) * torch.linspace(0.5, 8, 64)[None, :, None]  # spread of entropies

@@ -75,6 +75,7 @@ def test_decoder_attention_rejects_keys_of_the_wrong_length():
         kernels.decoder_attention(q, k, k, canvas_start=4, window=None)
 
 
+@pytest.mark.slow
 def test_import_without_triton_falls_back_to_torch():
     # a meta-path finder that refuses `triton` stands in for an environment without it
     code = (

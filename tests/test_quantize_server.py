@@ -7,7 +7,8 @@ import pytest
 from lsp_support import FAILED, FAST, READY, Doc, log_containing, session
 from lsprotocol import types
 
-pytestmark = pytest.mark.asyncio(loop_scope="function")
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = [pytest.mark.asyncio(loop_scope="function"), pytest.mark.slow]
 
 TEXT = "Shopping list for the weekend:\napples, pears and \nDone.\n"
 CURSOR = TEXT.index("and \n") + len("and ")

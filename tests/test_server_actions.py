@@ -14,7 +14,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import client_capabilities
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=CLIENTS)

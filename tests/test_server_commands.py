@@ -12,7 +12,8 @@ from lsp_support import CLIENTS, Doc, session
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 CODE = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
 

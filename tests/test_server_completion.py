@@ -10,7 +10,8 @@ import pytest_asyncio
 from lsp_support import CLIENTS, FAST, Doc, eventually, session
 from lsprotocol import types
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 # A random-weight model writes byte soup. The cursor sits where almost any text is valid (a
 # Python comment, plain text), so its candidates survive post-processing and the tests can

@@ -16,7 +16,8 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import client_capabilities
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 CODE = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
 CURSOR = CODE.index("the \n") + len("the ")

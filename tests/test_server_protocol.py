@@ -12,7 +12,8 @@ import pytest
 import pytest_asyncio
 from lsp_support import FAST, REPO, server_env
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# real server processes, seconds each: the fast tier (-m "not slow") skips this module
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND = -32602, -32600, -32601
 DOC = (REPO / "tests" / "raw_protocol.json").as_uri()

@@ -95,6 +95,7 @@ def test_a_new_schedule_on_resume_warms_up_again():
     assert lr_at(0, tc) == 1e-4 and abs(lr_at(1000, tc) - 1e-4) < 1e-12
 
 
+@pytest.mark.slow
 def test_heldout_loss_is_reproducible_and_falls_with_training(setup):
     """The held-out objective scores every checkpoint on the same canvases: the same number twice,
     and lower after 60 steps than at (almost) initialisation, on files the run never read."""
