@@ -170,7 +170,7 @@ def test_unknown_dtype(good):
 
 
 def test_parameters_equal_the_file_and_are_frozen(good):
-    """(That loading maps rather than copies is measured by engine/bench.py as peak RSS.)"""
+    """(That loading maps rather than copies is measured by benchmarks/engine_latency.py as peak RSS.)"""
     from safetensors import safe_open
 
     model, *_ = load_model(good, dtype="float32")
