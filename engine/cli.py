@@ -58,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     try:
         parser = build_parser(command)
-    except ImportError as e:
-        print(f"dgemma: error: {command}: cannot import {e.name or e} (the tooling commands need the train "
-              f"extra: pip install 'dgemma-ls[train]')", file=sys.stderr)
-        return 2
+    except ModuleNotFoundError as e:
+        return missing(command, e)
     args = parser.parse_args(argv)
     try:
         if args.threads is not None:
@@ -70,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     except EngineError as e:
         print(f"dgemma: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a command importing its tooling when it runs
+        return missing(command, e)
+
+
+def missing(command: str | None, error: ModuleNotFoundError) -> int:
+    print(f"dgemma: error: {command} needs the {error.name} module, which is not installed (the tooling "
+          f"commands need the train extra: pip install 'dgemma-ls[train]')", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -49,3 +49,19 @@ def test_dgemma_help_lists_every_command_without_importing_torch():
     assert run.stdout.strip().endswith("no torch")
     for name in COMMANDS:
         assert f"\n    {name}" in run.stdout, name
+
+
+def test_a_tooling_command_without_numpy_names_the_train_extra(tmp_path):
+    """The runtime needs no NumPy; the corpus tooling does, and says how to get it."""
+    code = ("import sys\nsys.modules['numpy'] = None  # as if not installed\nfrom engine.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))")
+    run = python(code, "corpus", "--out", str(tmp_path / "corpus"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "needs the numpy module" in run.stderr and "dgemma-ls[train]" in run.stderr
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_threads_must_be_positive():
+    from engine.cli import main
+
+    assert main(["--threads", "0", "generate", "--prompt", "x"]) == 2
