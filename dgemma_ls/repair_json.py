@@ -428,7 +428,9 @@ def _model_pass(text: str, fill: Fill, should_stop: StopPredicate | None) -> tup
         errors = _error_count(text)
         for candidate in candidates:
             repaired = prefix + candidate + suffix
-            if _keeps_data(hole, candidate) and (_valid(repaired) or _error_count(repaired) < errors):
+            # the document too: `,0` with `1` for its comma would read `10`
+            keeps = _keeps_data(hole, candidate) and _keeps_data(text, repaired)
+            if keeps and (_valid(repaired) or _error_count(repaired) < errors):
                 text, used = repaired, True
                 break
         else:

@@ -90,8 +90,14 @@ def find_tables(text: str) -> list[TableSpan]:
                 table.start, table.end = min(table.start, start), max(table.end, end)
         else:
             tables.append(TableSpan(start, end, "lines"))
-    tables.sort(key=lambda t: t.start)
-    return tables
+    tables.sort(key=lambda t: (t.start, t.end))
+    merged: list[TableSpan] = []
+    for table in tables:  # the grammar can split one run of rows into tables a run then joins
+        if merged and table.start <= merged[-1].end:
+            merged[-1].end = max(merged[-1].end, table.end)
+        else:
+            merged.append(table)
+    return merged
 
 
 def _pipe_runs(text: str) -> list[tuple[int, int]]:

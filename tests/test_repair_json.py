@@ -4,6 +4,8 @@ The model comes in as a fill callable; here it is a table of candidates per call
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dgemma_ls.repair_json import (
     MAX_MODEL_CHARS,
@@ -86,6 +88,8 @@ class Model:
         ('{"a": 1 "b": 2}', [['"b": 1,']], '{"a": 1, "b": 2}', False),
         # no candidates (no model loaded)
         ('{"a": 1 "b": 2}', [None], '{"a": 1, "b": 2}', False),
+        # a candidate that merges with the data beside it (`[10]`) is refused
+        ("[,0]", [["1"]], "[0]", False),
         # the model can do what rules cannot guess: a value, not null
         ('{"a": , "b": 2}', [["1"]], '{"a": 1, "b": 2}', True),
     ],
@@ -232,3 +236,38 @@ def test_minimal_edits(old, new, expected):
     edits = minimal_edits(old, new)
     assert apply_edits(old, edits) == new
     assert edits == expected
+
+
+# -- invariants over generated documents (hypothesis) ---------------------------------------
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text("ab \"'\\:,{}[]é", max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text("abk", max_size=3), inner, max_size=4),
+    max_leaves=12,
+)
+BREAKS = st.sampled_from(["delete", "comma", "colon", "quote", "bracket", "comment", "truncate"])
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(value=VALUES, indent=st.sampled_from([None, 2]), edits=st.lists(st.tuples(BREAKS, st.floats(0, 1)), max_size=3))
+def test_a_repair_parses_when_it_says_valid_and_never_raises(value, indent, edits):
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    broken = text
+    for kind, where in edits:
+        at = int(where * len(broken))
+        insert = {"comma": ",", "colon": ":", "quote": '"', "bracket": "[", "comment": "// x\n"}.get(kind)
+        if kind == "delete":
+            broken = broken[:at] + broken[at + 1 :]
+        elif kind == "truncate":
+            broken = broken[:at]
+        else:
+            broken = broken[:at] + insert + broken[at:]
+    model = Model(*[["1", '"x"', ""]] * 20)
+    for fill in (None, model):
+        result = repair_json(broken, fill=fill)
+        if result.valid:
+            json.loads(result.text)
+        else:
+            assert result.notes[-1] == "could not make the JSON valid"
+        if broken == text:
+            assert (result.text, result.changed, result.notes) == (text, False, [])

@@ -2,7 +2,11 @@
 alignment markers, display-width padding, model-filled empty cells, the bounds on the model
 calls: how many cells, how much prompt, when to stop)."""
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dgemma_ls.repair_markdown import (
     MAX_FILL_CELLS,
@@ -197,6 +201,13 @@ def test_repair_tables_repairs_every_table_and_nothing_else():
     ).replace("| x | y |\n| 1 | 2 |", "| x   | y   |\n| --- | --- |\n| 1   | 2   |")
 
 
+def test_a_run_the_grammar_splits_is_one_table():
+    # tree-sitter-markdown reads `|  |` after a delimiter row as a second table's header
+    document = "|  |\n|---|\n|  |\n|  |\n| 1 |\n"
+    assert [(t.start, t.end) for t in find_tables(document)] == [(0, len(document) - 1)]
+    assert repair_tables(document).text == "|     |\n| --- |\n|     |\n|     |\n| 1   |\n"
+
+
 @pytest.mark.parametrize(
     "start, end, changed",
     [
@@ -217,3 +228,50 @@ def test_repair_tables_in_a_range(start, end, changed):
 )
 def test_display_width(language_text, width):
     assert display_width(language_text) == width
+
+
+# -- invariants over generated tables (hypothesis) ------------------------------------------
+
+CELL = st.text(alphabet="ab 1-:名é\\", max_size=6).map(str.strip)
+ROW = st.lists(CELL, min_size=0, max_size=6)
+
+
+def data_cells(text: str) -> list[str]:
+    """The non-empty cells of the table rows in text, delimiter rows left out, in order."""
+    cells = []
+    for line in text.splitlines():
+        if "|" in line:
+            row = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+            if not all(re.fullmatch(r":?-+:?", cell.replace(" ", "")) for cell in row if cell) or not any(row):
+                cells += [cell for cell in row if cell]
+    return cells
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    header=ROW,
+    delimiter=st.booleans(),
+    body=st.lists(ROW, min_size=1, max_size=8),
+    outer=st.booleans(),
+)
+def test_table_repair_keeps_every_cell_invents_none_and_leaves_the_prose(header, delimiter, body, outer):
+    def line(row: list[str]) -> str:
+        inner = " | ".join(row)
+        return f"| {inner} |" if outer or len(row) < 2 else inner
+
+    rows = [line(header)] + (["|" + "---|" * max(1, len(header))] if delimiter else []) + [line(r) for r in body]
+    document = "Prose before.\n\n" + "\n".join(rows) + "\n\nProse after | with a pipe.\n"
+    tables = find_tables(document)
+    repaired = repair_tables(document)
+    if not tables:
+        assert repaired.text == document
+        return
+    span = document[tables[0].start : tables[-1].end]
+    fixed = repaired.text[tables[0].start : len(repaired.text) - (len(document) - tables[-1].end)]
+    assert repaired.text[: tables[0].start] == document[: tables[0].start]
+    assert repaired.text.endswith(document[tables[-1].end :])
+    assert data_cells(fixed) == data_cells(span)
+    model = Model(*[["m"]] * 100)
+    filled = repair_tables(document, fill=model)
+    assert len(model.calls) <= MAX_FILL_CELLS
+    assert data_cells(filled.text).count("m") - data_cells(document).count("m") == len(model.calls)
