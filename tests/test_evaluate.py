@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from engine.api import Engine
+from engine.errors import EngineError
 from engine.training.evaluate import (
     eval_infilling,
     infill_batch,
@@ -146,7 +147,9 @@ def test_eval_infilling_reports_model_and_empty_baseline(engine, tmp_path):
                              heldout=None, out_json=tmp_path / "eval.json")
     assert summary["tasks"] == 2 and summary["baseline_pass@1"] == 0.5
     assert 0.0 <= summary["pass@1"] <= 1.0 and summary["tokens_per_forward"] is not None
-    assert json.loads((tmp_path / "eval.json").read_text())["tasks"] == 2
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["tasks"] == 2 and written["kind"] == "eval-infilling"
+    assert len(written["commit"]) == 40 and isinstance(written["dirty"], bool) and written["command"]
     assert len((tmp_path / "eval.completions.jsonl").read_text().splitlines()) == 2
     baseline = eval_infilling(None, "single-line", 1, tmp_path, steps=None, max_middle_tokens=4, heldout=None,
                               out_json=tmp_path / "baseline.json")
@@ -161,3 +164,17 @@ def test_eval_infilling_scores_the_causal_baseline_of_the_same_checkpoint(engine
     assert summary["decoder"] == "causal" and summary["tasks"] == 1 and summary["tokens_per_forward"] in (0.0, 1.0)
     completion = json.loads((tmp_path / "causal.completions.jsonl").read_text())["completion"]
     assert completion.count("\n") <= 1  # one line at most: the single-line baseline stops at a newline
+
+
+def test_the_benchmark_folder_comes_from_the_environment_else_beside_the_working_directory(tmp_path, monkeypatch):
+    """Never a path inside the package: --benchmarks DIR, $DGEMMA_BENCHMARKS, ../shared/benchmarks."""
+    tasks = tmp_path / "bench" / "humaneval-infilling"
+    tasks.mkdir(parents=True)
+    write_tasks(tasks / "HumanEval-SingleLineInfilling.jsonl.gz", [ADD])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DGEMMA_BENCHMARKS", raising=False)
+    with pytest.raises(EngineError, match=r"shared/benchmarks/humaneval-infilling/.*DGEMMA_BENCHMARKS"):
+        eval_infilling(None, "single-line", 1, None, out_json=tmp_path / "none.json")
+    monkeypatch.setenv("DGEMMA_BENCHMARKS", str(tmp_path / "bench"))
+    summary = eval_infilling(None, "single-line", 1, None)
+    assert summary["tasks"] == 1 and (tmp_path / "runs/eval/single-line.baseline.json").is_file()
