@@ -65,3 +65,12 @@ def test_threads_must_be_positive():
     from engine.cli import main
 
     assert main(["--threads", "0", "generate", "--prompt", "x"]) == 2
+
+
+def test_every_package_is_in_the_wheel_and_benchmarks_are_not():
+    tomllib = __import__("pytest").importorskip("tomllib")
+    from setuptools import find_packages
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set(find_packages(str(REPO), exclude=["tests*", "benchmarks*", "editors*", "build*"]))
+    assert listed == found
