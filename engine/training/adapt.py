@@ -1,0 +1,495 @@
+"""Adapt a converted Gemma 3 (engine/gemma3.py) to block diffusion, on one CPU core, resumably.
+
+The converted weights already make the causal encoder a good left-to-right model of code; what
+the decoder lacks is predicting the token at its own canvas position (DiffusionGemma has no
+shift) from a noisy canvas with the prefix tail and suffix head visible both ways. We train:
+low-rank deltas (LoRA) on the attention and MLP projections the mapping left at their natural
+scale, the decoder's layer scalars, and the self-conditioning block. Embeddings, norms and the
+mapping's special weights (the tiny / widened value paths, the zero MoE branch) stay frozen.
+
+Each row is `bos + 512 tokens` of corpus text. The encoder reads it once without gradient (the
+prompt KV the canvases attend to: cheap, and the encoder only drifts through the shared deltas);
+K canvas slots attach along the row, each the engine's inference canvas (engine/infill.py):
+clamped prefix tail | hole = middle then fillers | clamped suffix head (+ eos when the row ends),
+noised in the hole with uniform tokens at a rate t ~ U(0, 1); some slots are plain continuation
+blocks. Loss per hole position: cross-entropy to the clean token (fillers down-weighted) plus a
+distillation term, KL(encoder's next-token distribution at j-1 || decoder at j): the pretrained
+model's own belief is a far richer target per token than one id. Self-conditioning half the time.
+
+    python -m engine.training.adapt --base runs/gemma3-32k --out runs/adapt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..checkpoint import load_model, save_model
+from ..config import GenerationConfig
+from ..gemma3 import FULL_O_SCALE, SLIDING_O_SCALE, frozen_by_mapping
+from ..model import DiffusionGemma
+from ..tokenizer import Tokenizer
+from .corpus import iter_documents
+from .train import run_encoder
+
+log = logging.getLogger("dgemma.adapt")
+
+DELIMITERS = ("\n", ",", ":", "|", "(", ")", "=", "[", "]", "{", "}")
+
+
+@dataclass
+class AdaptConfig:
+    base: str = "runs/gemma3-32k"  # the converted checkpoint (trimmed vocabulary, tokenizer.json beside it)
+    corpus: str = "data/corpus"
+    out: str = "runs/adapt"
+    init_adapter: str = ""  # an adapter.safetensors to start from when `out` has no state (a committed one)
+    seq_len: int = 512
+    slots: int = 8  # canvases per row (each its own decoder row)
+    canvas: int = 80
+    batch: int = 1
+    rank: int = 32
+    lr: float = 2e-4
+    sc_lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 40
+    total_steps: int = 20_000
+    weight_decay: float = 0.0
+    plain_prob: float = 0.15
+    max_middle: int = 48
+    max_tail: int = 24
+    max_head: int = 40
+    self_cond_prob: float = 0.25
+    filler_weight: float = 0.2
+    distill_weight: float = 1.0
+    seed: int = 0
+    start_doc: int = 0
+    checkpoint_minutes: float = 15.0
+    max_minutes: float = 600.0
+
+
+# ---- low-rank deltas -------------------------------------------------------------------------
+
+
+class LowRankLinear(nn.Module):
+    """x -> x W^T + scale * (x A^T) B^T: a frozen projection plus a trained low-rank delta, kept
+    apart (a bf16 W + BA would round small deltas away); B starts at zero, so training starts at
+    the base. `merge_adapter` folds it into W for the engine."""
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float, seed: int):
+        super().__init__()
+        out_f, in_f = base.weight.shape
+        g = torch.Generator().manual_seed(seed)
+        self.base = base
+        self.A = nn.Parameter(torch.randn(rank, in_f, generator=g) * in_f**-0.5)
+        self.B = nn.Parameter(torch.zeros(out_f, rank))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.A), self.B) * self.scale
+
+
+def adapted_linears(model: DiffusionGemma) -> dict[str, tuple[nn.Module, str, float]]:
+    """Projections that get deltas: name -> (owner module, attribute, the scale their converted weight carries)."""
+    out = {}
+    for i, (layer, spec) in enumerate(zip(model.layers, model.config.layers)):
+        attn = layer.self_attn
+        out[f"layers.{i}.self_attn.q_proj"] = (attn, "q_proj", 1.0)
+        if spec.sliding:  # full layers' k_proj also carries the scaled value rows
+            out[f"layers.{i}.self_attn.k_proj"] = (attn, "k_proj", 1.0)
+        out[f"layers.{i}.self_attn.o_proj"] = (attn, "o_proj", SLIDING_O_SCALE if spec.sliding else FULL_O_SCALE)
+        out[f"layers.{i}.mlp_gate"] = (layer, "mlp_gate", 1.0)
+        out[f"layers.{i}.mlp_up"] = (layer, "mlp_up", 1.0)
+        out[f"layers.{i}.mlp_down"] = (layer, "mlp_down", 1.0)
+    return out
+
+
+def add_deltas(model: DiffusionGemma, rank: int, seed: int = 0) -> dict[str, LowRankLinear]:
+    deltas = {}
+    for k, (name, (owner, attr, scale)) in enumerate(adapted_linears(model).items()):
+        wrapped = LowRankLinear(getattr(owner, attr), rank, scale, seed * 7919 + k)
+        setattr(owner, attr, wrapped)
+        deltas[name] = wrapped
+    return deltas
+
+
+def dense_trainables(model: DiffusionGemma) -> dict[str, nn.Parameter]:
+    """Trained in full: the self-conditioning block and the decoder's layer scalars."""
+    out = {n: p for n, p in model.named_parameters() if n.startswith("sc_")}
+    out.update({f"layers.{i}.decoder_scalar": layer.decoder_scalar for i, layer in enumerate(model.layers)})
+    return out
+
+
+def adapter_tensors(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, torch.Tensor]:
+    tensors = {f"{n}.lora_A": d.A.detach() for n, d in deltas.items()}
+    tensors.update({f"{n}.lora_B": d.B.detach() for n, d in deltas.items()})
+    tensors.update({n: p.detach() for n, p in dense_trainables(model).items()})
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def merge_adapter(model: DiffusionGemma, tensors: dict[str, torch.Tensor], rank_scale: dict[str, float]):
+    """Fold an adapter into a plain model (no parametrizations): W += scale * B @ A, dense ones copied."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name.endswith(".lora_A"):
+                base = name.removesuffix(".lora_A")
+                B = tensors[base + ".lora_B"].float()
+                w = params[base + ".weight"]
+                w.copy_((w.float() + (B @ t.float()) * rank_scale[base]).to(w.dtype))
+            elif not name.endswith(".lora_B"):
+                params[name].copy_(t.to(params[name].dtype))
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+class Rows:
+    """Endless rows of bos + seq_len tokens, documents separated by eos; resumable by document index."""
+
+    def __init__(self, corpus: str, tok: Tokenizer, seq_len: int, doc_index: int, split: str = "train"):
+        self.corpus, self.tok, self.seq_len, self.doc_index, self.split = corpus, tok, seq_len, doc_index, split
+        self._buffer: list[int] = []
+        self._docs = self._documents()
+
+    def _documents(self):
+        while True:
+            for i, doc in enumerate(iter_documents(self.corpus, self.split)):
+                if i < self.doc_index:
+                    continue
+                self.doc_index = i + 1
+                yield doc["text"]
+            self.doc_index = 0
+
+    def next_row(self) -> list[int]:
+        while len(self._buffer) < self.seq_len:
+            self._buffer += self.tok.encode(next(self._docs)) + self.tok.eos_ids[:1]
+        row, self._buffer = self._buffer[: self.seq_len], self._buffer[self.seq_len:]
+        return [self.tok.bos_id] + row
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (B, S + 1)
+    canvas: torch.Tensor  # (B, K * C) noised
+    targets: torch.Tensor  # (B, K * C) clean
+    weight: torch.Tensor  # (B, K * C) loss weight (0: not scored)
+    teacher_pos: torch.Tensor  # (B, K * C) encoder position whose next-token logits predict the target, -1: none
+    valid: torch.Tensor  # (B, K * C)
+    attach: torch.Tensor  # (B, K)
+
+
+def delimiter_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
+    return torch.tensor([any(d in tok.token_text(i).replace("▁", " ") for d in DELIMITERS) for i in range(vocab)])
+
+
+def middle_length(window: torch.Tensor, ac: AdaptConfig, delims: torch.Tensor, rng: random.Random) -> int:
+    """Hole lengths favour a line or a span between delimiters; otherwise geometric."""
+    if rng.random() < 0.7:
+        stops = torch.nonzero(delims[window]).flatten().tolist()
+        if len(stops) >= 2:
+            i = rng.randrange(len(stops) - 1)
+            j = min(len(stops) - 1, i + rng.choice([1, 1, 1, 2, 3]))
+            m = stops[j] - stops[i]
+            if 1 <= m <= ac.max_middle:
+                return m
+    return max(1, min(ac.max_middle, round(rng.expovariate(4 / ac.max_middle))))
+
+
+def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, eos: int, pad: int,
+               delims: torch.Tensor, rng: random.Random, gen: torch.Generator) -> Batch:
+    B, S, C, K = len(rows), ac.seq_len, ac.canvas, ac.slots
+    tokens = torch.tensor(rows)  # (B, S + 1)
+    canvas = torch.full((B, K * C), pad)
+    targets = torch.full((B, K * C), pad)
+    weight = torch.zeros(B, K * C)
+    teacher = torch.full((B, K * C), -1)
+    valid = torch.zeros(B, K * C, dtype=torch.bool)
+    attach = torch.zeros(B, K, dtype=torch.long)
+    stride = S // K
+    for b in range(B):
+        row = tokens[b]
+        for k in range(K):
+            lo = k * C
+            s = 1 + k * stride + rng.randrange(max(1, stride - C // 2))  # the slot's first position in the row
+            s = min(s, S + 1 - 8)
+            attach[b, k] = s
+            if rng.random() < ac.plain_prob:  # continuation block: every position noised
+                n = min(C, S + 1 - s)
+                clean = row[s: s + n]
+                known = torch.zeros(n, dtype=torch.bool)
+                tpos = torch.arange(s - 1, s - 1 + n)
+                w = torch.ones(n)
+            else:
+                a = min(rng.randint(0, ac.max_tail), S + 1 - s - 1)
+                h = s + a  # hole start in the row
+                m = min(middle_length(row[h: h + C], ac, delims, rng), S + 1 - h)
+                hole = m + rng.randint(0, max(0, min(ac.max_middle, C - a - 1) - m))  # middle then fillers
+                hole = max(hole, m)
+                room = C - a - hole
+                bmax = min(ac.max_head, room, S + 1 - (h + m))
+                bh = rng.randint(0, max(0, bmax)) if rng.random() < 0.3 else max(0, bmax)
+                head = row[h + m: h + m + bh]
+                ends = (h + m + bh >= S + 1) and room > bh  # the row (our "document") ends: clamped eos
+                clean = torch.cat([row[s:h], row[h: h + m], torch.full((hole - m,), filler), head,
+                                   torch.tensor([eos] if ends else [], dtype=torch.long)])
+                n = len(clean)
+                known = torch.ones(n, dtype=torch.bool)
+                known[a: a + hole] = False
+                w = torch.zeros(n)
+                w[a: a + m] = 1.0
+                w[a + m: a + hole] = ac.filler_weight
+                # the encoder's next-token belief for the middle (the fillers have none)
+                tpos = torch.full((n,), -1)
+                tpos[a: a + m] = torch.arange(h - 1, h - 1 + m)
+            n = len(clean)
+            t = rng.random()
+            noisy = torch.randint(0, vocab, (n,), generator=gen)
+            replace = (torch.rand(n, generator=gen) < t) & ~known
+            canvas[b, lo: lo + n] = torch.where(replace, noisy, clean)
+            targets[b, lo: lo + n] = clean
+            weight[b, lo: lo + n] = w
+            teacher[b, lo: lo + n] = tpos
+            valid[b, lo: lo + n] = True
+    return Batch(tokens, canvas, targets, weight, teacher, valid, attach)
+
+
+# ---- loss ---------------------------------------------------------------------------------------
+
+
+def decode_slots(model: DiffusionGemma, canvas: torch.Tensor, attach: torch.Tensor, valid: torch.Tensor,
+                 enc_kv, soft: torch.Tensor | None) -> torch.Tensor:
+    """Every slot as its own row: canvas (B, K*C) -> hidden (B*K, C, H). Slot k of row b sees the
+    row's encoder keys before attach[b, k] (the last window-1 of them on sliding layers) and its
+    own valid canvas positions, as the engine's decoder sees a prompt's cache and its canvas."""
+    B, K = attach.shape
+    C = canvas.shape[1] // K
+    S = enc_kv[0][0].shape[2]
+    W = model.config.sliding_window
+    slots = canvas.reshape(B * K, C)
+    start = attach.reshape(B * K, 1)
+    positions = start + torch.arange(C)  # (B*K, C)
+    j = torch.arange(S)[None]
+    enc_full = j < start  # (B*K, S)
+    enc_slide = enc_full & (j > start - W)
+    own = valid.reshape(B * K, 1, C) | torch.eye(C, dtype=torch.bool)[None]  # padded queries see themselves
+    masks = {sliding: torch.cat([enc[:, None, :].expand(-1, C, -1), own], -1)[:, None]  # (B*K, 1, C, S + C)
+             for sliding, enc in ((False, enc_full), (True, enc_slide))}
+    expanded = [(k.repeat_interleave(K, 0), v.repeat_interleave(K, 0)) for k, v in enc_kv]
+
+    def attend(i, spec, q, k, v):
+        ek, ev = expanded[i]
+        return F.scaled_dot_product_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2),
+                                              attn_mask=masks[spec.sliding], scale=1.0, enable_gqa=True)
+
+    x = model.self_condition(model.embed_tokens(slots), soft)
+    return model.run(x, positions, attend, decoder=True)
+
+
+def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition: bool) -> dict[str, torch.Tensor]:
+    ids = batch.tokens[:, :-1]
+    B = ids.shape[0]
+    with torch.no_grad():
+        hidden, enc_kv = run_encoder(model, ids)
+        enc_kv = [(k.detach(), v.detach()) for k, v in enc_kv]
+    w = batch.weight.reshape(-1)
+    sel = w > 0  # logits only where a target is scored: the vocabulary is the costly part
+    tpos = batch.teacher_pos.reshape(-1)[sel]
+    distill = tpos >= 0
+    teacher_logp = None
+    if ac.distill_weight and distill.any():
+        with torch.no_grad():
+            rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
+            teacher_logp = F.log_softmax(model.logits(hidden[rows, tpos[distill]]).float(), -1)
+    soft = None
+    if self_condition:
+        with torch.no_grad():
+            first = model.logits(decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, None))
+            soft = model.soft_embedding(first.to(model.embed.weight.dtype)).detach()
+    hid = decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, soft)
+    logits = model.logits(hid.reshape(-1, hid.shape[-1])[sel]).float()  # (n, V)
+    per_token = F.cross_entropy(logits, batch.targets.reshape(-1)[sel], reduction="none")
+    ce = (per_token * w[sel]).sum() / w[sel].sum().clamp(min=1)
+    out = {"ce": ce, "loss": ce}
+    if teacher_logp is not None:
+        kl = F.kl_div(F.log_softmax(logits[distill], -1), teacher_logp, log_target=True, reduction="batchmean")
+        out["kl"] = kl
+        out["loss"] = ce + ac.distill_weight * kl
+    middle = w[sel] == 1.0
+    out["ce_middle"] = per_token[middle].mean().detach() if middle.any() else ce.detach()
+    return out
+
+
+# ---- loop ---------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, ac: AdaptConfig, rewarm_from: int | None) -> float:
+    f = (step + 1) / ac.warmup if step < ac.warmup else ac.min_lr_ratio + (1 - ac.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, (step - ac.warmup) / max(1, ac.total_steps - ac.warmup))))
+    if rewarm_from is not None and step - rewarm_from < ac.warmup:
+        f *= (step - rewarm_from + 1) / ac.warmup
+    return f
+
+
+def build(ac: AdaptConfig):
+    model, config, _, root = load_model(ac.base, dtype="bfloat16")  # frozen base in bf16; trained parts fp32
+    tok = Tokenizer(root / "tokenizer.json", bos_id=config.bos_token_id, eos_ids=config.eos_ids,
+                    pad_id=config.pad_token_id)
+    model.requires_grad_(False)
+    for layer in model.layers:
+        layer.dense_experts = True  # one zero expert: two tiny GEMMs, no routing kernels under autograd
+    deltas = add_deltas(model, ac.rank, ac.seed)
+    dense = dense_trainables(model)
+    for p in dense.values():
+        p.data = p.data.float()
+    for p in [*dense.values(), *(q for d in deltas.values() for q in d.parameters())]:
+        p.requires_grad_(True)
+    assert not any(frozen_by_mapping(n) and p.requires_grad for n, p in model.named_parameters())
+    model.train()
+    return model, tok, deltas, dense
+
+
+def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig):
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = adapter_tensors(model, deltas)
+    params = {**{f"{n}.lora_A": d.A for n, d in deltas.items()}, **{f"{n}.lora_B": d.B for n, d in deltas.items()},
+              **dense_trainables(model)}
+    for name, p in params.items():
+        st = optimizer.state.get(p)
+        if st:
+            tensors[f"adam.{name}.exp_avg"] = st["exp_avg"].contiguous()
+            tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            state["adam_step"] = float(st["step"])
+    tmp = out / "state.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / "state.safetensors")
+    adapter = {k: v.to(torch.bfloat16) if k.endswith(("lora_A", "lora_B")) else v
+               for k, v in adapter_tensors(model, deltas).items()}
+    save_file(adapter, str(out / "adapter.safetensors.tmp"), metadata={"rank": str(ac.rank)})
+    (out / "adapter.safetensors.tmp").replace(out / "adapter.safetensors")
+    (out / "state.json").write_text(json.dumps({"config": asdict(ac), **state}, indent=2))
+
+
+def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer=None, adam_step: float = 0.0):
+    params = {**{f"{n}.lora_A": d.A for n, d in deltas.items()}, **{f"{n}.lora_B": d.B for n, d in deltas.items()},
+              **dense_trainables(model)}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name].to(p.dtype))
+            if optimizer is not None and f"adam.{name}.exp_avg" in tensors:
+                optimizer.state[p] = {"step": torch.tensor(adam_step), "exp_avg": tensors[f"adam.{name}.exp_avg"],
+                                      "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"]}
+
+
+def train(ac: AdaptConfig):
+    torch.manual_seed(ac.seed)
+    out = Path(ac.out)
+    model, tok, deltas, dense = build(ac)
+    lora = [q for d in deltas.values() for q in d.parameters()]
+    optimizer = torch.optim.AdamW([{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
+                                   {"params": list(dense.values()), "lr": ac.sc_lr, "base_lr": ac.sc_lr}],
+                                  betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+    state = {"step": 0, "doc_index": ac.start_doc, "tokens": 0, "canvas_tokens": 0, "seconds": 0.0}
+    if (out / "state.safetensors").exists():
+        saved = json.loads((out / "state.json").read_text())
+        load_adapter_into(model, deltas, load_file(str(out / "state.safetensors")), optimizer,
+                          saved.get("adam_step", 0.0))
+        old = saved.pop("config")
+        state = saved
+        if (old.get("lr"), old.get("total_steps")) != (ac.lr, ac.total_steps):
+            state["rewarm_from"] = state["step"]
+        log.info("resumed %s at step %d", out, state["step"])
+    elif ac.init_adapter:
+        load_adapter_into(model, deltas, load_file(ac.init_adapter))
+        state["rewarm_from"] = 0
+        log.info("initialised from %s", ac.init_adapter)
+    trainable = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    log.info("trainable %.2fM of %.1fM parameters; %s", trainable / 1e6,
+             sum(p.numel() for n, p in model.named_parameters()) / 1e6,
+             json.dumps(asdict(ac)))
+    rows = Rows(ac.corpus, tok, ac.seq_len, state["doc_index"])
+    rng = random.Random(ac.seed * 1_000_003 + state["step"])
+    gen = torch.Generator().manual_seed(ac.seed * 7 + state["step"])
+    V = model.config.vocab_size
+    delims = delimiter_mask(tok, V)
+    t_start = last_save = window_t = time.time()
+    window, ema = [], None
+    while state["step"] < ac.total_steps:
+        step = state["step"]
+        batch = make_batch([rows.next_row() for _ in range(ac.batch)], ac, V, tok.filler_id, tok.eos_ids[0],
+                           tok.pad_id, delims, rng, gen)
+        f = lr_factor(step, ac, state.get("rewarm_from"))
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * f
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            parts = losses(model, batch, ac, rng.random() < ac.self_cond_prob)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+        optimizer.step()
+        state["step"] += 1
+        state["tokens"] += ac.batch * ac.seq_len
+        state["canvas_tokens"] += int(batch.valid.sum())
+        window.append({k: float(v.detach()) for k, v in parts.items()})
+        ema = parts["ce_middle"].item() if ema is None else 0.98 * ema + 0.02 * parts["ce_middle"].item()
+        if state["step"] % 10 == 0:
+            now = time.time()
+            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            log.info("step %d %s ema_ce_middle %.3f lr x%.3f %.1f s/step", state["step"],
+                     " ".join(f"{k} {v:.3f}" for k, v in mean.items()), ema, f, (now - window_t) / len(window))
+            window, window_t = [], now
+        elapsed = time.time() - t_start
+        done = state["step"] >= ac.total_steps or elapsed > ac.max_minutes * 60
+        if time.time() - last_save > ac.checkpoint_minutes * 60 or done:
+            state["doc_index"] = rows.doc_index
+            state["seconds"] = state.get("seconds", 0.0) + (time.time() - last_save)
+            save_state(out, model, deltas, optimizer, state, ac)
+            log.info("checkpoint at step %d (%.2fM canvas tokens)", state["step"], state["canvas_tokens"] / 1e6)
+            last_save = time.time()
+    return model
+
+
+def export(base: str | Path, adapter: str | Path, dest: str | Path, *, steps: int | None = None,
+           dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A plain checkpoint: the converted base with the adapter folded in (what the engine loads)."""
+    model, config, gen, root = load_model(base, dtype="float32")
+    tensors = load_file(str(adapter))
+    scales = {name: scale for name, (_, _, scale) in adapted_linears(model).items()}
+    merge_adapter(model, tensors, scales)
+    if steps is not None:
+        gen = GenerationConfig(**{**gen.__dict__, "max_denoising_steps": steps})
+    dest = Path(dest)
+    save_model(model, gen, dest, dtype=dtype)
+    (dest / "tokenizer.json").write_bytes((root / "tokenizer.json").read_bytes())
+    return dest
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m engine.training.adapt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    for f in AdaptConfig.__dataclass_fields__.values():
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    ex = sub.add_parser("export", help="fold an adapter into the base: a checkpoint the engine loads")
+    ex.add_argument("adapter")
+    ex.add_argument("dest")
+    ex.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command == "export":
+        export(args.base, args.adapter, args.dest, steps=args.steps)
+        return
+    train(AdaptConfig(**{k: v for k, v in vars(args).items() if k in AdaptConfig.__dataclass_fields__}))
+
+
+if __name__ == "__main__":
+    main()
