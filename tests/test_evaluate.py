@@ -22,6 +22,7 @@ from engine.training.evaluate import (
     run_programs,
     stride_subset,
 )
+from engine.training.provenance import git
 from engine.training.tiny import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,7 +150,7 @@ def test_eval_infilling_reports_model_and_empty_baseline(engine, tmp_path):
     assert 0.0 <= summary["pass@1"] <= 1.0 and summary["tokens_per_forward"] is not None
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["tasks"] == 2 and written["kind"] == "eval-infilling"
-    assert len(written["commit"]) == 40 and isinstance(written["dirty"], bool) and written["command"]
+    assert written["commit"] == git("rev-parse", "HEAD") and written["command"]
     assert len((tmp_path / "eval.completions.jsonl").read_text().splitlines()) == 2
     baseline = eval_infilling(None, "single-line", 1, tmp_path, steps=None, max_middle_tokens=4, heldout=None,
                               out_json=tmp_path / "baseline.json")
