@@ -32,12 +32,13 @@ import torch
 from benchmarks.common import RESULTS, fim_requests, markdown, ms_of, pct, write_result
 from engine.api import DEFAULT_MODEL, Engine
 from engine.checkpoint import load_model, weight_files
+from engine.constants import MAX_MIDDLE_TOKENS
 from engine.generate import generate_blocks
 from engine.model import KVCache
 from engine.sampler import TorchNoise
 
 RUN_MODEL = Path("runs/default/model")  # relative to the working directory, as training writes it
-LINE_SCOPE_TOKENS = 24  # dgemma_ls.context.MAX_MIDDLE_TOKENS["line"]
+LINE_SCOPE_TOKENS = MAX_MIDDLE_TOKENS["line"]  # what the server asks for a line
 FALLBACK_SHAPE = dict(hidden_size=256, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=64, global_head_dim=64, num_global_key_value_heads=1,
                       num_experts=8, top_k_experts=2, moe_intermediate_size=128, vocab_size=8192,

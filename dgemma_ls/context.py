@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 
 from tree_sitter import Node
 
-from .syntax import SyntaxTree
+from engine.constants import MAX_MIDDLE_TOKENS
 
-MAX_MIDDLE_TOKENS = {"line": 24, "statement": 48, "block": 128}
+from .syntax import SyntaxTree
 
 # Nodes kept whole in a window when they fit: the enclosing function or class.
 DEFINITIONS = {

@@ -115,8 +115,9 @@ class Drawn:
     def sample(self, processed: torch.Tensor, rows: torch.Tensor | None) -> Sampled:
         if rows is None or torch.compiler.is_compiling():
             return inverse_cdf(processed, self.uniform, rows)
-        # eager, only the free rows (~20 % of a step's sampling); a boolean gather's shape depends
-        # on the data, so the compiled graph samples every row and masks (the same tokens)
+        # eager: the free rows only (every row costs ~20 % more at inline-completion widths); a
+        # boolean gather's shape depends on the data, so the compiled graph samples every row and
+        # masks: the same tokens
         return on_rows(lambda free: inverse_cdf(free, self.uniform[rows][None]), processed, rows)
 
     def renoise(self) -> torch.Tensor:
