@@ -26,10 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from dgemma_ls.settings import BACKENDS, Settings
-from engine import DEFAULT_MODEL, Cancelled, EngineError
+from engine.errors import Cancelled, EngineError
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -69,6 +67,9 @@ def counting_tokenizer() -> Tokenizer:
     """Context windows are token budgets counted before the request leaves: the embedded model's
     BPE tokenizer counts for a remote model (its own tokenizer is on the server; the server cuts
     a prompt that is still too long to its model's positions)."""
+    # engine.api imports torch: only once a remote backend is made
+    from engine.api import DEFAULT_MODEL
+
     return Tokenizer(DEFAULT_MODEL / "tokenizer.json")
 
 
@@ -93,7 +94,7 @@ class HttpBackend:
         self.model = config.model
         self.client_id = f"dgemma-ls-{uuid.uuid4().hex[:12]}"  # dgemma serve keeps this editor's prompt cache
         self._loop = asyncio.new_event_loop()
-        self._session: aiohttp.ClientSession | None = None
+        self._session = None  # an aiohttp.ClientSession, made on the loop thread by the first request
         self._thread = threading.Thread(target=self._loop.run_forever, name="dgemma-backend-http", daemon=True)
         self._thread.start()
 
@@ -106,6 +107,8 @@ class HttpBackend:
         return headers
 
     async def _call(self, method: str, path: str, body: dict | None) -> Any:
+        import aiohttp  # here, not at import: the actions import this module and run without HTTP
+
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = self.base + path
