@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-import engine.quantize as quantize
+from engine import quantize
 from engine.checkpoint import load_model
 from engine.model import KVCache
 
@@ -205,8 +205,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from engine.training.tiny import write_tiny_checkpoint
 
-    result = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                       text=True).stdout.strip(), "torch": torch.__version__}
+    result = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       check=False).stdout.strip(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         tiny = [str(write_tiny_checkpoint(Path(tmp) / f"tiny{s}", seed=s)) for s in range(3)]
         print("logit error vs bf16", flush=True)

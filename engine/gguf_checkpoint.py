@@ -207,7 +207,7 @@ def load_gguf(path: Path, dtype: str | torch.dtype = "auto", device: str = "cpu"
         release_freed_heap()
     extra = set(tensors) - set(gguf_names(config).values()) - set(UNUSED)
     if extra:
-        log.info("%s: %d GGUF tensors not used by the text engine (e.g. %s)", path, len(extra), sorted(extra)[0])
+        log.info("%s: %d GGUF tensors not used by the text engine (e.g. %s)", path, len(extra), min(extra))
     model._inv_freq = {spec: inv.to(device) for spec, inv in model._inv_freq.items()}
     model.requires_grad_(False).eval()
     return model, config, gen, path.parent

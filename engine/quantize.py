@@ -47,7 +47,7 @@ def _torchao():
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        import torchao.prototype.quantization.int4  # noqa: F401
+        import torchao.prototype.quantization.int4
         import torchao.quantization  # noqa: F401
     except ImportError as e:
         raise QuantizeError(f"--quantize needs torchao: pip install 'dgemma-ls[quantize]' ({e})") from None

@@ -17,7 +17,7 @@ from engine.gguf_checkpoint import ARCH, GLOBAL_NAMES, LAYER_NAMES
 from engine.model import KVCache
 
 gguf = pytest.importorskip("gguf")
-from gguf.quants import quantize  # noqa: E402
+from gguf.quants import quantize
 
 
 def write_gguf(model, config, out: Path, quantized: bool = True) -> Path:
@@ -121,14 +121,14 @@ def test_q8_0_gguf_logits_stay_within_the_measured_bound(gguf_pair):
 
 
 def test_gguf_loads_quantized_and_directory_form(gguf_pair):
-    (model, config, _, _), path = gguf_pair
+    _, path = gguf_pair
     quantized, *_ = load_model(path.parent, quantize="int8")  # the directory holding one .gguf; auto -> bf16
     assert type(quantized.layers[0].experts_gate_up).__name__ == "Int8Tensor"
     assert quantized.dtype == torch.bfloat16
 
 
 def test_gguf_of_another_architecture_or_without_tokenizer_is_refused(gguf_pair, tmp_path):
-    (model, config, _, _), path = gguf_pair
+    _, path = gguf_pair
     lone = tmp_path / "lone.gguf"
     shutil.copy(path, lone)
     with pytest.raises(CheckpointError, match="no tokenizer.json"):
