@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 import warnings
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         return missing(command, e)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["dgemma", *argv])  # what a command's stamped JSON records
     try:
         if args.threads is not None:
             set_threads(args.threads)

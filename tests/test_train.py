@@ -120,3 +120,17 @@ def test_eval_loss_cli_reports_bad_paths_without_a_traceback(setup, tmp_path, ca
     assert "checkpoint directory does not exist" in capsys.readouterr().err
     assert cli_main(["eval-loss", "--corpus", str(tmp_path)]) == 2
     assert "heldout.jsonl not found" in capsys.readouterr().err
+
+
+def test_eval_loss_cli_writes_its_scores_with_commit_and_command(setup, tmp_path, capsys):
+    from engine.cli import main as cli_main
+
+    _, _, corpus = setup
+    model = write_tiny_checkpoint(tmp_path / "tiny")
+    out = tmp_path / "loss.json"
+    assert cli_main(["eval-loss", "--model", str(model), "--corpus", corpus, "--rows", "2", "--seq-len", "32",
+                     "--out-json", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    written = json.loads(out.read_text())
+    assert written["kind"] == "eval-loss" and written["scores"] == [printed] and written["rows"] == 2
+    assert "eval-loss" in written["command"] and "commit" in written and "dirty" in written

@@ -32,5 +32,5 @@ def run(args) -> int:
     tasks_dir = Path(args.benchmarks) / "humaneval-infilling" if args.benchmarks else None
     eval_infilling(engine, args.benchmark, args.limit, tasks_dir, steps=args.steps,
                    max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json,
-                   decoder=args.decoder, corpus=args.corpus)
+                   decoder=args.decoder, corpus=args.corpus, command=args.command_line)
     return 0

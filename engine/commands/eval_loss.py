@@ -16,10 +16,12 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", metavar="DIR", default=None,
                    help="also score DIR on the same rows; print the paired difference DIR - MODEL per loss")
+    p.add_argument("--out-json", default="runs/eval/loss.json", help="the scores with the commit and command line")
 
 
 def run(args) -> int:
     from engine.api import DEFAULT_MODEL
+    from engine.training.provenance import stamp
     from engine.training.train import heldout_loss, paired_difference
 
     if not (Path(args.corpus) / "heldout.jsonl").is_file():
@@ -32,8 +34,16 @@ def run(args) -> int:
     model = args.model or str(DEFAULT_MODEL)
     scores = [heldout_loss(m, args.corpus, rows=args.rows, seq_len=args.seq_len, seed=args.seed)
               for m in [model] + ([args.compare] if args.compare else [])]
-    for score in scores:
-        print(json.dumps({k: v for k, v in score.items() if k != "per_batch"}))
-    if args.compare:
-        print(json.dumps({"difference": f"{args.compare} - {model}", **paired_difference(*scores)}))
+    summaries = [{"model": m, **{k: v for k, v in score.items() if k != "per_batch"}}
+                  for m, score in zip([model] + ([args.compare] if args.compare else []), scores)]
+    for summary in summaries:
+        print(json.dumps(summary))
+    difference = {"difference": f"{args.compare} - {model}", **paired_difference(*scores)} if args.compare else None
+    if difference:
+        print(json.dumps(difference))
+    out = Path(args.out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {**stamp(args.command_line), "kind": "eval-loss", "corpus": args.corpus, "rows": args.rows,
+              "seq_len": args.seq_len, "seed": args.seed, "scores": summaries, "difference": difference}
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

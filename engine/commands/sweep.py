@@ -31,5 +31,6 @@ def run(args) -> int:
               f"{row['vs_first']:+.3f} ± {row['vs_first_se']:.3f}", flush=True)
     out = Path(args.out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**stamp(), "kind": "sweep", "model": str(engine.root), "rows": rows}, indent=2) + "\n")
+    result = {**stamp(args.command_line), "kind": "sweep", "model": str(engine.root), "rows": rows}
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -380,7 +380,8 @@ def markdown(summary: dict) -> str:
 
 def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
                    max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
-                   timeout: float = TIMEOUT_S, decoder: str = "diffusion", corpus: str | Path = CORPUS_DIR) -> dict:
+                   timeout: float = TIMEOUT_S, decoder: str = "diffusion", corpus: str | Path = CORPUS_DIR,
+                   command: str | None = None) -> dict:
     """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
     the empty-completion baseline from the same run. `decoder="causal"` scores the same checkpoint's
     left-to-right baseline (CausalBaseline) instead. Prints a Markdown table; writes the summary to
@@ -432,7 +433,7 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
 
     out_json = Path(out_json) if out_json else EVAL_DIR / f"{benchmark}{'.baseline' if engine is None else ''}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({**stamp(), "kind": "eval-infilling", **summary}, indent=2) + "\n")
+    out_json.write_text(json.dumps({**stamp(command), "kind": "eval-infilling", **summary}, indent=2) + "\n")
     with open(out_json.with_suffix(".completions.jsonl"), "w", encoding="utf-8") as f:
         for fl, outcome in zip(filled, model_outcomes):
             f.write(json.dumps({**asdict(fl), **asdict(outcome)}) + "\n")

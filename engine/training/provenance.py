@@ -36,7 +36,8 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join([*head, *(sys.argv[1:] if argv is None else argv)])
 
 
-def stamp(argv: list[str] | None = None) -> dict:
+def stamp(command: str | None = None) -> dict:
+    """`command`: the command line when the caller knows it (dgemma passes its own); else sys.argv's."""
     import torch
 
     commit = git("rev-parse", "HEAD")
@@ -44,7 +45,7 @@ def stamp(argv: list[str] | None = None) -> dict:
     return {
         "commit": commit,
         "dirty": bool(status) if status is not None else None,
-        "command": command_line(argv),
+        "command": command or command_line(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,
