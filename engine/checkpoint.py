@@ -158,7 +158,11 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
         model = DiffusionGemma(config)
     expected = {name: p for name, p in model.named_parameters()}
     names = checkpoint_names(config)
-    target_dtype = _pick_dtype(dtype, tensors, names)
+    # quantized weights compute in bf16: "auto" means that for them whatever the file stores
+    if quantize != "none" and dtype in (None, "auto"):
+        target_dtype = torch.bfloat16
+    else:
+        target_dtype = _pick_dtype(dtype, tensors, names)
     check_mode(quantize, target_dtype, device)
     for ours, theirs in names.items():
         source = theirs

@@ -79,7 +79,7 @@ def check_mode(mode: str, dtype: torch.dtype, device: str | torch.device) -> Non
                                 "which this torch build lacks; use int8")
     if dtype == torch.float32:
         raise QuantizeError(f"--quantize {mode} with float32 weights: float32 is the bit-exact parity mode; "
-                            "quantize from bfloat16 (--dtype bfloat16, or auto on a bf16 checkpoint)")
+                            "quantized weights compute in bfloat16 (--dtype auto or bfloat16)")
     if mode == "int4" and dtype != torch.bfloat16:
         raise QuantizeError(f"--quantize int4 needs bfloat16 weights (torchao's int4 kernels), got {dtype}")
     _torchao()

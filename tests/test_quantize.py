@@ -122,7 +122,9 @@ def test_int4_rejects_a_shape_its_packing_cannot_hold():
 
 
 def test_quantized_engine_generates_and_infills(tiny_model_dir):
-    engine = Engine.load(tiny_model_dir, dtype="bfloat16", quantize="int4")
-    assert "weights int4" in engine.describe()
+    engine = Engine.load(tiny_model_dir, quantize="int4")  # a float32 file: --dtype auto computes in bf16
+    assert engine.model.dtype == torch.bfloat16 and "weights int4" in engine.describe()
     out = engine.continue_text("def add(a, b):", max_new_tokens=8, seed=0)
     assert out.tokens > 0
+    middles = engine.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=4, seed=0)
+    assert middles and all(m.tokens <= 4 for m in middles)

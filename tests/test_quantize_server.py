@@ -15,9 +15,7 @@ CURSOR = TEXT.index("and \n") + len("and ")
 
 
 async def test_int4_flag_serves_inline_completions(tiny_model_dir):
-    settings = {**FAST, "dtype": "bfloat16"}  # the tiny checkpoint is stored in float32
-    async with session("visual_studio_code", model=tiny_model_dir, settings=settings,
-                       args=("--quantize", "int4")) as client:
+    async with session("visual_studio_code", model=tiny_model_dir, args=("--quantize", "int4")) as client:
         ready = await log_containing(client, READY)
         assert "weights int4" in ready.message
         doc = Doc(client, TEXT, "plaintext", ".txt")
