@@ -7,7 +7,8 @@ causal encoder compute what Gemma 3 computes. Knows checkpoint layouts, not toke
 What maps exactly: Gemma's norms x·(1+w) are ours with weight 1+w (GGUF stores 1+w already);
 the 1/sqrt(query_pre_attn_scalar) attention scale is folded into q_norm (DiffusionGemma scales
 by 1.0); sandwich norms; the dense MLP (its output norm `post_feedforward_layernorm_1` at 1 is
-a no-op under the outer norm); the MoE branch is exactly zero (one zero expert whose output norm
+a no-op under the outer norm while the MLP output's mean square is far above eps, as in a trained
+model: the real 270M matches to ~1e-5 per layer); the MoE branch is exactly zero (one zero expert whose output norm
 weight is 0); per-layer-type RoPE; tied sqrt(hidden)-scaled embeddings; the self-conditioning
 block starts at zero (down projection 0).
 

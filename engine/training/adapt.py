@@ -352,9 +352,11 @@ def build(ac: AdaptConfig):
     dense = dense_trainables(model)
     for p in dense.values():
         p.data = p.data.float()
-    for p in [*dense.values(), *(q for d in deltas.values() for q in d.parameters())]:
+    for p in [*dense.values(), *(q for d in deltas.values() for q in (d.A, d.B))]:
         p.requires_grad_(True)
-    assert not any(frozen_by_mapping(n) and p.requires_grad for n, p in model.named_parameters())
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(frozen_by_mapping(n) or n.endswith("base.weight") for n in trained), "a frozen weight is trainable"
+    assert len(trained) == 2 * len(deltas) + len(dense)
     model.train()
     return model, tok, deltas, dense
 
@@ -395,7 +397,7 @@ def train(ac: AdaptConfig):
     torch.manual_seed(ac.seed)
     out = Path(ac.out)
     model, tok, deltas, dense = build(ac)
-    lora = [q for d in deltas.values() for q in d.parameters()]
+    lora = [q for d in deltas.values() for q in (d.A, d.B)]
     optimizer = torch.optim.AdamW([{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
                                    {"params": list(dense.values()), "lr": ac.sc_lr, "base_lr": ac.sc_lr}],
                                   betas=(0.9, 0.98), weight_decay=ac.weight_decay)
