@@ -153,6 +153,6 @@ def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(tiny_model_dir
 def test_neovim_completion_menu_opens_on_a_trigger_character(tiny_model_dir, tmp_path):
     """The 0.11 path, forced on 0.12 with `inline = false`: no ghost text capability, so the
     server offers textDocument/completion with trigger characters and the menu opens by itself."""
-    report = run_driver(tiny_model_dir, tmp_path, mode="menu", menu_text=MENU_TEXT, menu_line=2, menu_typed=" ")
+    report = run_driver(tiny_model_dir, tmp_path, mode="menu", menu_text=MENU_TEXT, menu_line=2, menu_typed="(")
     assert report["menu_items"] and all(item.strip() for item in report["menu_items"]), report["menu_items"]
-    assert report["menu_line"] == MENU_TEXT.splitlines()[1] + " ", "a suggestion was inserted before it was chosen"
+    assert report["menu_line"] == MENU_TEXT.splitlines()[1] + "(", "a suggestion was inserted before it was chosen"
