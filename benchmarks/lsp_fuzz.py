@@ -87,7 +87,7 @@ class Server:
         self.malformed_replies: list[str] = []
         self.versions: dict[str, int] = {}  # the client's version of each open document
         self.texts: dict[tuple[str, int], str] = {}  # (uri, version) -> text, for checking edits
-        self.logs: list[str] = []
+        self.logs: list[tuple[float, str]] = []  # (when, message) of logMessage, showMessage, $/logTrace
         self.ready = asyncio.Event()
         self.load_failed = ""
 
@@ -219,7 +219,7 @@ class Server:
         if method == "window/showMessage" and params.get("type") == 1:
             self.shown_errors[message[:160]] += 1
         if method in ("window/logMessage", "window/showMessage", "$/logTrace"):
-            self.logs.append(message[:300])
+            self.logs.append((time.monotonic(), message[:300]))
             if "Traceback" in message:
                 self.tracebacks.append(message[:300])
             if "model ready" in message:
@@ -285,6 +285,7 @@ class Server:
                 "rootUri": REPO.as_uri(),
                 "capabilities": CAPABILITIES,
                 "initializationOptions": {"dgemma": self.settings},
+                "trace": "verbose",  # $/logTrace says when model work starts and stops
             },
         )
         if response is None:
@@ -840,15 +841,29 @@ async def latency_under_load(server: Server, rng: random.Random, count: int, tim
     await asyncio.wait_for(loop, timeout)
 
     # a repair cancelled with $/cancelRequest: how soon is the next completion answered?
-    future = await server.request(
-        "workspace/executeCommand",
-        {"command": "dgemma.repairMarkdownTables", "arguments": [{"uri": table_uri, "version": 1}]},
-    )
+    repair = {"command": "dgemma.repairMarkdownTables", "arguments": [{"uri": table_uri, "version": 1}]}
+    future = await server.request("workspace/executeCommand", repair)
     repair_id = server.next_id
     await asyncio.sleep(0.3)
+    cancelled_at = time.monotonic()
     await server.notify("$/cancelRequest", {"id": repair_id})
     cancel_reply = await asyncio.wait_for(future, timeout)
+    # Long actions run one at a time: a second repair starts ("model started" in the server's
+    # $/logTrace) only once the cancelled one has really stopped working.
+    probe = await server.request("workspace/executeCommand", repair)
+    probe_id = server.next_id
+    started = None
+    while started is None and time.monotonic() - cancelled_at < timeout:
+        await asyncio.sleep(0.02)
+        started = next(
+            (at for at, text in server.logs if at > cancelled_at and "model started" in text and "Markdown" in text),
+            None,
+        )
+    await server.notify("$/cancelRequest", {"id": probe_id})
+    await asyncio.wait_for(probe, timeout)
     after_cancel = await typing(5)
+    await asyncio.sleep(2)
+    alone_again = await typing(count)
     await server.notify("textDocument/didClose", {"textDocument": {"uri": typist.uri}})
     await server.notify("textDocument/didClose", {"textDocument": {"uri": table_uri}})
     return {
@@ -856,7 +871,10 @@ async def latency_under_load(server: Server, rng: random.Random, count: int, tim
         "during_repairs_ms": {"p50": pct(during, 0.5), "p95": pct(during, 0.95), "n": len(during)},
         "repairs": {"done": repairs["done"], "p50_ms": pct(repairs["ms"], 0.5), "errors": dict(repairs["errors"])},
         "cancelled_repair_reply": (cancel_reply or {}).get("error", {}).get("code", "answered"),
+        # from $/cancelRequest to the next repair starting: the cancelled work itself ending
+        "cancel_to_work_stopped_ms": round((started - cancelled_at) * 1000) if started else None,
         "after_cancel_ms": {"p50": pct(after_cancel, 0.5), "max": pct(after_cancel, 1.0), "n": len(after_cancel)},
+        "alone_again_ms": {"p50": pct(alone_again, 0.5), "p95": pct(alone_again, 0.95), "n": len(alone_again)},
     }
 
 
