@@ -1,8 +1,8 @@
 """Fuzz and soak the real `dgemma-ls` over stdio (issue 16), speaking raw framed JSON-RPC so
 that malformed messages can be sent at all.
 
-    python benchmarks/lsp_fuzz.py --out runs/lsp_fuzz.json            # ~2,000 messages, 1,000 completions
-    python benchmarks/lsp_fuzz.py --quick --out runs/lsp_fuzz_quick.json
+    python -m benchmarks.lsp_fuzz                      # ~2,000 messages, 1,000 completions (~10 min)
+    python -m benchmarks.lsp_fuzz --quick --out /tmp/lsp_fuzz.json     # a few hundred (~1 min)
 
 Phases: (1) fuzz: generated messages (malformed and mistyped requests, bad settings, huge,
 binary and deeply nested documents, big tables, stale versions, tampered resolve data) sent
@@ -27,8 +27,11 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from engine.training.provenance import stamp
 
 REPO = Path(__file__).resolve().parents[1]
 # A fast, quiet model configuration; compile stays off so the CPU measures requests, not inductor.
@@ -913,25 +916,17 @@ async def framing(model: str | None, log_dir: Path, timeout: float) -> dict:
     return results
 
 
-def commit() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-
-
 async def main(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
-    log_dir = Path(args.out).resolve().parent if args.out else Path.cwd()
+    log_dir = Path(args.logs)
     log_dir.mkdir(parents=True, exist_ok=True)
-    server = Server(dict(SETTINGS), log_dir / "lsp_fuzz_server.log")
+    server = Server(dict(SETTINGS), log_dir / "server.log")
     started = time.monotonic()
     await server.start(args.model)
     await server.initialize()
     await asyncio.wait_for(server.ready.wait(), args.timeout)
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        **commit(),
+        **stamp(),  # commit, dirty flag, command line, date, versions
         "seed": args.seed,
         "model_load": server.load_failed or "ready",
         "rss_mb_ready": server.rss_mb(),
@@ -974,7 +969,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", help="write the results as JSON here (the server logs go beside it)")
+    parser.add_argument(
+        "--out",
+        default="benchmarks/results/lsp_fuzz.json",
+        help="the results as JSON (default benchmarks/results/lsp_fuzz.json)",
+    )
+    parser.add_argument(
+        "--logs",
+        default=str(Path(tempfile.gettempdir()) / "dgemma-lsp-fuzz"),
+        help="where the servers' stderr logs go (default: dgemma-lsp-fuzz in the temporary directory)",
+    )
     parser.add_argument("--model", help="checkpoint directory (default: the embedded model)")
     parser.add_argument("--messages", type=int, default=2000, help="fuzz messages (default 2000)")
     parser.add_argument("--completions", type=int, default=1000, help="soak inline completions (default 1000)")
@@ -1008,6 +1012,6 @@ if __name__ == "__main__":
     arguments = parse_args()
     result = asyncio.run(main(arguments))
     text = json.dumps(result, indent=1, ensure_ascii=False)
-    if arguments.out:
-        Path(arguments.out).write_text(text + "\n")
+    Path(arguments.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(arguments.out).write_text(text + "\n")
     print(json.dumps(result["totals"]), flush=True)
