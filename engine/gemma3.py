@@ -318,6 +318,47 @@ def convert(g: Gemma3, keep: list[int] | None = None, *, canvas_length: int = 96
     return model
 
 
+def delta_targets(config: ModelConfig) -> dict[str, float]:
+    """The projections adaptation gives low-rank deltas (engine.training.adapt), with the scale
+    their converted weight carries (a delta is applied at that scale). Full layers' k_proj is left
+    out: it also carries the scaled value rows."""
+    out = {}
+    for i, spec in enumerate(config.layers):
+        out[f"layers.{i}.self_attn.q_proj"] = 1.0
+        if spec.sliding:
+            out[f"layers.{i}.self_attn.k_proj"] = 1.0
+        out[f"layers.{i}.self_attn.o_proj"] = SLIDING_O_SCALE if spec.sliding else FULL_O_SCALE
+        for name in ("mlp_gate", "mlp_up", "mlp_down"):
+            out[f"layers.{i}.{name}"] = 1.0
+    return out
+
+
+def apply_adapter(model: DiffusionGemma, tensors: dict[str, torch.Tensor]) -> None:
+    """Fold an adapter into the model's weights: W += scale * B @ A for each `<name>.lora_A/B`
+    pair, and every other tensor (self-conditioning block, decoder scalars) copied in place."""
+    params = dict(model.named_parameters())
+    scales = delta_targets(model.config)
+    unknown = [n for n in tensors if n.removesuffix(".lora_A").removesuffix(".lora_B") not in scales
+               and n not in params]
+    if unknown:
+        raise CheckpointError(f"adapter: tensors {unknown[:3]} match no parameter of the converted model")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name.endswith(".lora_A"):
+                target = name.removesuffix(".lora_A")
+                B = tensors[target + ".lora_B"].float()
+                w = params[target + ".weight"]
+                if (B.shape[0], t.shape[1]) != tuple(w.shape):
+                    raise CheckpointError(f"adapter: {target} delta is {B.shape[0]}x{t.shape[1]}, "
+                                          f"the weight {tuple(w.shape)}")
+                w.copy_((w.float() + (B @ t.float()) * scales[target]).to(w.dtype))
+            elif not name.endswith(".lora_B"):
+                if tuple(t.shape) != tuple(params[name].shape):
+                    raise CheckpointError(f"adapter: {name} has shape {tuple(t.shape)}, expected "
+                                          f"{tuple(params[name].shape)}")
+                params[name].copy_(t.to(params[name].dtype))
+
+
 def frozen_by_mapping(name: str) -> bool:
     """Parameters whose converted value carries the mapping and must not be trained: the tiny /
     widened value paths, the zeroed MoE branch, the norm that keeps it at zero."""

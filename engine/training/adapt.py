@@ -37,7 +37,7 @@ from torch import nn
 
 from ..checkpoint import load_model, save_model
 from ..config import GenerationConfig
-from ..gemma3 import FULL_O_SCALE, SLIDING_O_SCALE, frozen_by_mapping
+from ..gemma3 import apply_adapter, delta_targets, frozen_by_mapping
 from ..model import DiffusionGemma
 from ..tokenizer import Tokenizer
 from .corpus import iter_documents
@@ -84,7 +84,7 @@ class AdaptConfig:
 class LowRankLinear(nn.Module):
     """x -> x W^T + scale * (x A^T) B^T: a frozen projection plus a trained low-rank delta, kept
     apart (a bf16 W + BA would round small deltas away); B starts at zero, so training starts at
-    the base. `merge_adapter` folds it into W for the engine."""
+    the base. `engine.gemma3.apply_adapter` folds it into W for the engine."""
 
     def __init__(self, base: nn.Linear, rank: int, scale: float, seed: int):
         super().__init__()
@@ -100,17 +100,11 @@ class LowRankLinear(nn.Module):
 
 
 def adapted_linears(model: DiffusionGemma) -> dict[str, tuple[nn.Module, str, float]]:
-    """Projections that get deltas: name -> (owner module, attribute, the scale their converted weight carries)."""
+    """Projections that get deltas: name -> (owner module, attribute, scale), from engine.gemma3.delta_targets."""
     out = {}
-    for i, (layer, spec) in enumerate(zip(model.layers, model.config.layers)):
-        attn = layer.self_attn
-        out[f"layers.{i}.self_attn.q_proj"] = (attn, "q_proj", 1.0)
-        if spec.sliding:  # full layers' k_proj also carries the scaled value rows
-            out[f"layers.{i}.self_attn.k_proj"] = (attn, "k_proj", 1.0)
-        out[f"layers.{i}.self_attn.o_proj"] = (attn, "o_proj", SLIDING_O_SCALE if spec.sliding else FULL_O_SCALE)
-        out[f"layers.{i}.mlp_gate"] = (layer, "mlp_gate", 1.0)
-        out[f"layers.{i}.mlp_up"] = (layer, "mlp_up", 1.0)
-        out[f"layers.{i}.mlp_down"] = (layer, "mlp_down", 1.0)
+    for name, scale in delta_targets(model.config).items():
+        owner_name, attr = name.rsplit(".", 1)
+        out[name] = (model.get_submodule(owner_name), attr, scale)
     return out
 
 
@@ -135,20 +129,6 @@ def adapter_tensors(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> 
     tensors.update({f"{n}.lora_B": d.B.detach() for n, d in deltas.items()})
     tensors.update({n: p.detach() for n, p in dense_trainables(model).items()})
     return {k: v.contiguous() for k, v in tensors.items()}
-
-
-def merge_adapter(model: DiffusionGemma, tensors: dict[str, torch.Tensor], rank_scale: dict[str, float]):
-    """Fold an adapter into a plain model (no parametrizations): W += scale * B @ A, dense ones copied."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, t in tensors.items():
-            if name.endswith(".lora_A"):
-                base = name.removesuffix(".lora_A")
-                B = tensors[base + ".lora_B"].float()
-                w = params[base + ".weight"]
-                w.copy_((w.float() + (B @ t.float()) * rank_scale[base]).to(w.dtype))
-            elif not name.endswith(".lora_B"):
-                params[name].copy_(t.to(params[name].dtype))
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -465,9 +445,7 @@ def export(base: str | Path, adapter: str | Path, dest: str | Path, *, steps: in
            dtype: torch.dtype = torch.bfloat16) -> Path:
     """A plain checkpoint: the converted base with the adapter folded in (what the engine loads)."""
     model, config, gen, root = load_model(base, dtype="float32")
-    tensors = load_file(str(adapter))
-    scales = {name: scale for name, (_, _, scale) in adapted_linears(model).items()}
-    merge_adapter(model, tensors, scales)
+    apply_adapter(model, load_file(str(adapter)))
     if steps is not None:
         gen = GenerationConfig(**{**gen.__dict__, "max_denoising_steps": steps})
     dest = Path(dest)
