@@ -33,6 +33,7 @@ COMMANDS = {  # name: (module with add_arguments(parser) and run(args) -> int, o
     "bpe": ("engine.commands.bpe", "train the byte-level BPE tokenizer on the corpus"),
     "train": ("engine.commands.train", "train a small DiffusionGemma on the corpus, resumably"),
     "export": ("engine.commands.export", "a training run's checkpoint as a model directory"),
+    "convert": ("engine.commands.convert", "a Gemma 3 checkpoint (GGUF or HF) as a DiffusionGemma checkpoint"),
 }
 
 

@@ -120,3 +120,21 @@ def test_bad_sources_get_a_clear_error(tmp_path):
         read_gemma3(tmp_path / "x.gguf")
     with pytest.raises(CheckpointError, match="expected a .gguf file"):
         read_gemma3(tmp_path / "missing")
+
+
+def test_dgemma_convert_writes_a_loadable_checkpoint(gemma, tmp_path, capsys):
+    from engine.cli import main
+
+    hf, path = gemma
+    write_gguf(hf, tmp_path / "tiny.gguf")
+    vocab = tmp_path / "vocab"
+    vocab.mkdir()
+    keep = list(range(0, 300, 3))
+    (vocab / "kept_tokens.json").write_text(str(keep))
+    (vocab / "tokenizer.json").write_text("{}")
+    assert main(["convert", str(tmp_path / "tiny.gguf"), str(tmp_path / "out"), "--vocab", str(vocab),
+                 "--float32"]) == 0
+    assert "vocabulary 100" in capsys.readouterr().out
+    loaded, config, _, root = load_model(tmp_path / "out")
+    assert config.vocab_size == len(keep) and (root / "tokenizer.json").read_text() == "{}"
+    torch.testing.assert_close(loaded.embed.weight, convert(read_hf(path), keep).embed.weight, rtol=0, atol=0)
