@@ -1,7 +1,7 @@
 """The VS Code extension end to end without VS Code: node runs editors/vscode/extension.js with the
 real vscode-languageclient (`npm install` in editors/vscode) and the real server, behind the
-stand-in `vscode` module of tests/vscode_harness.js. The server's stdin is copied to a file, so
-the settings are checked as the server received them."""
+stand-in `vscode` module of tests/vscode_harness.js. The server's stdin is copied to a file
+(tests/lsp_tee.py), so the settings are checked as the server received them."""
 
 from __future__ import annotations
 
@@ -13,24 +13,14 @@ from pathlib import Path
 
 import pytest
 from lsp_support import REPO
+from lsp_tee import lsp_messages
 
 HARNESS = Path(__file__).with_name("vscode_harness.js")
+TEE = Path(__file__).with_name("lsp_tee.py")
 EXTENSION = REPO / "editors" / "vscode"
 PYTHON_TEXT = "def area(width, height):\n    # multiply the width and the height\n    return \n"
 
 pytestmark = pytest.mark.slow
-
-
-def lsp_messages(raw: bytes) -> list[dict]:
-    """The JSON-RPC messages in a stream of Content-Length framed LSP traffic."""
-    messages = []
-    while raw:
-        header, _, rest = raw.partition(b"\r\n\r\n")
-        length = int(next(line for line in header.split(b"\r\n") if line.lower().startswith(b"content-length"))
-                     .split(b":")[1])
-        messages.append(json.loads(rest[:length]))
-        raw = rest[length:]
-    return messages
 
 
 def run_extension(tmp_path: Path, settings: dict, **job) -> tuple[dict, list[dict]]:
@@ -44,8 +34,8 @@ def run_extension(tmp_path: Path, settings: dict, **job) -> tuple[dict, list[dic
     job = {
         "extension": str(EXTENSION / "extension.js"),
         "settings": {
-            "dgemma.serverPath": node,
-            "dgemma.serverArgs": [str(HARNESS), "tee", str(wire), *server],
+            "dgemma.serverPath": sys.executable,
+            "dgemma.serverArgs": [str(TEE), str(wire), *server],
             **settings,
         },
         "timeout_ms": 120_000,
@@ -58,7 +48,7 @@ def run_extension(tmp_path: Path, settings: dict, **job) -> tuple[dict, list[dic
     )
     assert run.stdout, f"the harness printed nothing (exit {run.returncode}):\n{run.stderr[-3000:]}"
     report = json.loads(run.stdout)
-    return report, lsp_messages(wire.read_bytes()) if wire.exists() else []
+    return report, lsp_messages(wire)
 
 
 def settings_received(messages: list[dict]) -> list[dict]:

@@ -2,29 +2,13 @@
 // dgemma-ls, behind a stand-in `vscode` module that implements what the client touches and
 // records the rest (registered providers, popups, output). For tests/test_vscode_extension.py.
 //
-//   node vscode_harness.js run            job JSON on stdin, report JSON on stdout
-//   node vscode_harness.js tee LOG CMD..  runs CMD, copying what it reads on stdin to LOG: the
-//                                         test's serverPath, so it sees the bytes the server got
+//   node vscode_harness.js run    (the job as JSON on stdin, the report as JSON on stdout)
 "use strict";
 
-const childProcess = require("child_process");
 const fs = require("fs");
 const Module = require("module");
 const path = require("path");
 const url = require("url");
-
-if (process.argv[2] === "tee") {
-  const [log, command, ...args] = process.argv.slice(3);
-  const child = childProcess.spawn(command, args, { stdio: ["pipe", "inherit", "inherit"] });
-  const copy = fs.createWriteStream(log);
-  process.stdin.on("data", (chunk) => {
-    copy.write(chunk);
-    child.stdin.write(chunk);
-  });
-  process.stdin.on("end", () => child.stdin.end());
-  child.on("exit", (code) => copy.end(() => process.exit(code ?? 1)));
-  return;
-}
 
 // --- the stand-in `vscode` module -------------------------------------------------------------
 
@@ -151,7 +135,7 @@ function configurationStore(values) {
   };
 }
 
-const job = process.argv[2] === "run" ? JSON.parse(fs.readFileSync(0, "utf8")) : {};
+const job = JSON.parse(fs.readFileSync(0, "utf8"));
 const settings = configurationStore({ ...job.settings });
 const configurationChanged = new EventEmitter();
 const documents = (job.documents || []).map((d) => new TextDocument(d.path, d.languageId, d.text));
