@@ -11,7 +11,10 @@ import asyncio
 import functools
 import importlib.metadata
 import logging
-from typing import Any, Callable
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import (
@@ -20,12 +23,20 @@ from pygls.exceptions import (
     JsonRpcInvalidParams,
     JsonRpcInvalidRequest,
 )
+from pygls.io_ import run_async
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
+from pygls.protocol import JsonRPCResponseMessage, LanguageServerProtocol
+from pygls.protocol.json_rpc import ResponseErrorMessage
 from pygls.protocol.language_server import lsp_method
 
-from dgemma_ls import service
-from dgemma_ls.service import FILL, REPAIR_JSON, REPAIR_MARKDOWN, CompletionService, Reporter
+from dgemma_ls import framing, service
+from dgemma_ls.service import (
+    FILL,
+    REPAIR_JSON,
+    REPAIR_MARKDOWN,
+    CompletionService,
+    Reporter,
+)
 from dgemma_ls.settings import SECTION, section_of
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,11 @@ def lsp_errors(handler: Callable) -> Callable:
             raise JsonRpcContentModified(str(error)) from None
         except service.Failed as error:
             raise RequestFailed(str(error)) from None
+        except JsonRpcException:
+            raise
+        except Exception as error:  # an engine fault: the reason, never a traceback, goes to the client
+            log.exception("%s failed", handler.__name__)
+            raise RequestFailed(f"dgemma: {handler.__name__} failed: {error!r}") from None
 
     return wrapped
 
@@ -72,6 +88,7 @@ class _Malformed:
 
     def __init__(self, data: dict, error: JsonRpcException):
         self.id, self.method, self.error = data.get("id"), data.get("method"), error
+        self.is_request = "id" in data and "method" in data  # "id": null is a request too
 
 
 class DgemmaProtocol(LanguageServerProtocol):
@@ -96,10 +113,17 @@ class DgemmaProtocol(LanguageServerProtocol):
             message = _Malformed(message, JsonRpcInvalidRequest(f'"jsonrpc" must be "{self.VERSION}"'))
         if isinstance(message, _Malformed):
             log.warning("%s (id %r) not handled: %s", message.method, message.id, message.error)
-            if message.id is not None and message.method is not None:
+            if message.is_request:
                 self._send_response(message.id, error=message.error.to_response_error())
             return
         super().handle_message(message)
+
+    def _serialize_message(self, data: Any) -> dict[str, Any]:
+        unstructured = super()._serialize_message(data)
+        # JSON-RPC: a response always has "id", null when the request's was (cattrs drops None)
+        if isinstance(data, (ResponseErrorMessage, JsonRPCResponseMessage)) and data.id is None:
+            unstructured = {"jsonrpc": self.VERSION, "id": None, **unstructured}
+        return unstructured
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams):
@@ -182,8 +206,36 @@ class DgemmaServer(LanguageServer):
         """Protocol noise (a notification that failed, a message that did not parse) goes to the
         log, never to a popup: the user cannot act on it."""
         log.error("dgemma-ls: %s: %s", getattr(source, "__name__", source), error)
+        if framing.parse_error_reply(error, self.protocol._send_data):
+            return
         with_cause = f"{error}: {error.__cause__}" if error.__cause__ else str(error)
         self.window_log_message(types.LogMessageParams(type=types.MessageType.Error, message=f"dgemma: {with_cause}"))
+
+    # -- transports: pygls's loops, fed by a reader that resynchronises after a framing error --
+
+    def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
+        super().start_io(stdin or framing.StdioReader(sys.stdin.buffer.fileno()), stdout)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """pygls's start_tcp with framing.StreamReader around the connection (one client)."""
+        self._stop_event = stop_event = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            await run_async(stop_event=stop_event, reader=framing.StreamReader(reader), protocol=self.protocol,
+                            logger=log, error_handler=self.report_server_error)
+            self.shutdown()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            log.info("listening on %s:%s", host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(serve())
+        except asyncio.CancelledError:
+            log.debug("TCP server cancelled")
 
     # -- the model ----------------------------------------------------------------------------
 
@@ -327,7 +379,9 @@ class DgemmaServer(LanguageServer):
             edit = self.workspace_edit(result)
             applied = await self.workspace_apply_edit_async(types.ApplyWorkspaceEditParams(edit=edit, label=action))
             if not applied.applied:
-                log.warning("the client did not apply %s: %s", action, applied.failure_reason)
+                reason = applied.failure_reason or "no reason given"
+                log.warning("the client did not apply %s: %s", action, reason)
+                raise service.Failed(f"dgemma: {action}: the client did not apply the edit: {reason}")
         return response
 
     def workspace_edit(self, result: service.ActionResult) -> types.WorkspaceEdit:

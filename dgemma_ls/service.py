@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from dgemma_ls import actions, backends, context, placeholders
 from dgemma_ls.actions import Edit, Hole, Result
@@ -33,6 +35,24 @@ INVOKED_CANDIDATES = 3
 
 Position = tuple[int, int]  # (line, character) in the document's position encoding
 _WORD_BEFORE = re.compile(r"[A-Za-z0-9_$]*\Z")
+
+# TEST-ONLY switch, read once at start: a fault in every model job of a request (not the warm-up).
+# raise: an exception; oom: MemoryError; hang: the first job blocks HANG_S without polling
+# cancellation (past the request deadline, dgemma.requestTimeoutMs). Never set it in normal use.
+FAULT = os.environ.get("DGEMMA_FAULT", "")
+FAULT_HANG_S = 8.0
+_hung = False
+
+
+def _inject_fault() -> None:
+    global _hung
+    if FAULT == "raise":
+        raise RuntimeError("DGEMMA_FAULT=raise: injected engine failure")
+    if FAULT == "oom":
+        raise MemoryError("DGEMMA_FAULT=oom: injected out of memory in a denoising step")
+    if FAULT == "hang" and not _hung:
+        _hung = True
+        time.sleep(FAULT_HANG_S)
 
 
 # -- what requests fail with (server.py maps each to its JSON-RPC error) -------------------------
@@ -319,17 +339,26 @@ class CompletionService:
                 if backend is None and needs_engine:
                     raise ModelUnavailable(self.worker.unavailable_reason)
                 started()
+                if FAULT:
+                    _inject_fault()
                 return job(backend)
 
             future = self._actions.submit(task)
         else:
             def traced(engine: Any) -> Any:
                 started()
+                if FAULT:
+                    _inject_fault()
                 return job(engine)
 
             future = self.worker.run(traced, ticket.should_stop, needs_engine=needs_engine, priority=INTERACTIVE)
+        deadline = None if lane else self.settings.request_timeout_ms / 1000
         try:
-            return await asyncio.wrap_future(future)
+            # shield: at the deadline the job is told to stop (ticket), the future is left to finish
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), deadline)
+        except asyncio.TimeoutError:
+            ticket.cancelled = True
+            raise Failed(f"the model did not answer {what} within {deadline:g} s (dgemma.requestTimeoutMs)") from None
         except asyncio.CancelledError:
             ticket.cancelled = True
 
@@ -358,6 +387,11 @@ class CompletionService:
         doc = self.documents.get(uri)
         if doc is None:
             self.reporter.log(logging.DEBUG, f"dgemma: didChange for {uri}, which is not open: ignored")
+            return
+        if _is_int(version) and _is_int(doc.version) and version <= doc.version:
+            # LSP versions only increase: an older change is stale, applying it would corrupt the newer text
+            self.reporter.log(logging.WARNING, f"dgemma: didChange for {uri} to version {version} ignored: "
+                              f"the document is already at version {doc.version}")
             return
         last_edit = 0
         for change in changes:
@@ -493,6 +527,13 @@ class CompletionService:
             return None
         except EngineError as error:  # e.g. settings this checkpoint refuses: say so once, stay quiet
             self.log_reason_once(uri, f"the engine refused the request: {error}")
+            return None
+        except Failed as error:  # past the request deadline: ghost text stays empty
+            self.reporter.log(logging.WARNING, f"dgemma: {error}")
+            return None
+        except Exception as error:  # an engine fault: no ghost text, the reason in the log, the server lives
+            log.exception("completion at %s:%d failed", uri, offset)
+            self.reporter.log(logging.ERROR, f"dgemma: completion failed: {error!r}")
             return None
         if ticket.should_stop():  # a newer version arrived while the model ran: never send stale text
             return None

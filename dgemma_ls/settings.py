@@ -7,8 +7,9 @@ An invalid value never fails: it yields a warning naming the setting and the def
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 SECTION = "dgemma"
 DEVICES = ("cpu", "cuda", "auto")
@@ -38,6 +39,7 @@ class Settings:
     backend_model: str | None = None
     backend_api_key_env: str | None = None  # the NAME of an environment variable holding the key
     backend_timeout_ms: int | None = None
+    request_timeout_ms: int = 60_000  # an interactive model job past this is dropped (ghost text stays empty)
 
     def engine_key(self) -> tuple:
         """What a model load depends on: a change here means a reload."""
@@ -130,6 +132,7 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "backendModel": ("backend_model", _optional_str),
     "backendApiKeyEnv": ("backend_api_key_env", _optional_str),
     "backendTimeoutMs": ("backend_timeout_ms", _int_in(100, 600_000, optional=True)),
+    "requestTimeoutMs": ("request_timeout_ms", _int_in(100, 3_600_000)),
 }
 
 
