@@ -101,11 +101,23 @@
   (when (fboundp 'lsp-inline-completion-mode)
     (add-hook 'lsp-mode-hook #'lsp-inline-completion-mode)))
 
+(defvar lsp-dgemma-mode-map
+  (let ((map (make-sparse-keymap)))
+    (define-key map (kbd "M-TAB") #'lsp-inline-completion-display)
+    map)
+  "Keys of `lsp-dgemma-mode'.")
+
+;; A minor mode rather than `local-set-key', which would change the major mode's map in
+;; every buffer of that mode.
+(define-minor-mode lsp-dgemma-mode
+  "M-TAB asks for an inline completion: \\{lsp-dgemma-mode-map}"
+  :lighter nil)
+
 (defun lsp-dgemma--keys ()
-  "Bind M-TAB to ask for an inline completion in lsp-mode buffers."
+  "Turn on `lsp-dgemma-mode' in lsp-mode buffers that have inline completion."
   (require 'lsp-inline-completion nil t)
   (when (fboundp 'lsp-inline-completion-display)
-    (local-set-key (kbd "M-TAB") #'lsp-inline-completion-display)))
+    (lsp-dgemma-mode (if lsp-mode 1 -1))))
 
 (add-hook 'lsp-mode-hook #'lsp-dgemma--keys)
 
