@@ -16,7 +16,9 @@ def lsp_messages(path: Path) -> list[dict]:
     while raw:
         header, _, rest = raw.partition(b"\r\n\r\n")
         fields = dict(line.split(b":", 1) for line in header.split(b"\r\n"))
-        length = int({k.strip().lower(): v for k, v in fields.items()}[b"content-length"])
+        length = int(
+            {k.strip().lower(): v for k, v in fields.items()}[b"content-length"]
+        )
         messages.append(json.loads(rest[:length]))
         raw = rest[length:]
     return messages

@@ -7,7 +7,6 @@ the server received them."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,16 @@ def emacs_with_eglot() -> str | None:
     if emacs is None:
         return None
     probe = subprocess.run(
-        [emacs, "--batch", "--eval", "(princ (if (require 'eglot nil t) \"eglot\" \"none\"))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            emacs,
+            "--batch",
+            "--eval",
+            '(princ (if (require \'eglot nil t) "eglot" "none"))',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     return emacs if probe.stdout.strip().endswith("eglot") else None
 
@@ -53,7 +60,9 @@ def dgemma_sections(messages: list[dict]) -> list[dict]:
     return sections
 
 
-def test_eglot_completes_repairs_json_and_keeps_settings_set_after_require(tiny_model_dir, tmp_path):
+def test_eglot_completes_repairs_json_and_keeps_settings_set_after_require(
+    tiny_model_dir, tmp_path
+):
     emacs = emacs_with_eglot()
     if emacs is None:
         pytest.skip("no emacs with Eglot: apt-get install emacs-nox elpa-eglot")
@@ -61,11 +70,26 @@ def test_eglot_completes_repairs_json_and_keeps_settings_set_after_require(tiny_
     project.mkdir()
     elsewhere.mkdir()
     wire = tmp_path / "server-stdin.bin"
-    settings = {"model": tiny_model_dir, "device": "cpu", "compile": False, "steps": 4,
-                "maxMiddleTokens": 4, "debounceMs": 0}
+    settings = {
+        "model": tiny_model_dir,
+        "device": "cpu",
+        "compile": False,
+        "steps": 4,
+        "maxMiddleTokens": 4,
+        "debounceMs": 0,
+    }
     job = {
         "config_dir": str(REPO / "editors" / "emacs"),
-        "cmd": [sys.executable, str(TEE), str(wire), sys.executable, "-m", "dgemma_ls", "--log-level", "INFO"],
+        "cmd": [
+            sys.executable,
+            str(TEE),
+            str(wire),
+            sys.executable,
+            "-m",
+            "dgemma_ls",
+            "--log-level",
+            "INFO",
+        ],
         "settings": json.dumps(settings),
         "python_file": str(project / "area.py"),
         "python_text": PYTHON_TEXT,
@@ -78,26 +102,47 @@ def test_eglot_completes_repairs_json_and_keeps_settings_set_after_require(tiny_
     }
     env = {**server_env(), "DGEMMA_EMACS_JOB": json.dumps(job), "HOME": str(tmp_path)}
     run = subprocess.run(
-        [emacs, "--batch", "-l", str(DRIVER)], env=env, cwd=project, capture_output=True, text=True, timeout=300,
+        [emacs, "--batch", "-l", str(DRIVER)],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     result = tmp_path / "result.json"
-    assert result.exists(), f"emacs exited {run.returncode} without a result:\n{run.stderr[-3000:]}"
+    assert result.exists(), (
+        f"emacs exited {run.returncode} without a result:\n{run.stderr[-3000:]}"
+    )
     report = json.loads(result.read_text())
     assert report["failure"] is None, f"{report['failure']}\n{run.stderr[-3000:]}"
 
-    assert report["completions"] and all(c.strip() for c in report["completions"]), report["completions"]
-    assert any(title.startswith("Repair JSON") for title in report["json_actions"]), report["json_actions"]
-    assert json.loads(report["json_after"]) == {"name": "dgemma", "tags": ["a", "b"], "size": 3}
+    assert report["completions"] and all(c.strip() for c in report["completions"]), (
+        report["completions"]
+    )
+    assert any(title.startswith("Repair JSON") for title in report["json_actions"]), (
+        report["json_actions"]
+    )
+    assert json.loads(report["json_after"]) == {
+        "name": "dgemma",
+        "tags": ["a", "b"],
+        "size": 3,
+    }
 
     # the settings set after `require` are what the server got, every time, until
     # dgemma-eglot-apply-settings sent the changed ones
     sections = dgemma_sections(lsp_messages(wire))
     assert sections[0] == settings, sections
     assert sections[-1] == {**settings, "steps": 2}, sections
-    assert all(section in (settings, {**settings, "steps": 2}) for section in sections), sections
+    assert all(
+        section in (settings, {**settings, "steps": 2}) for section in sections
+    ), sections
 
     # C-c . runs the code actions where dgemma-ls manages the buffer; C-c C-a stays markdown-mode's
     assert report["python_keys"] == report["json_keys"] == "eglot-code-actions"
     assert report["other_markdown_managed"] is False
     assert report["other_markdown_c_c_dot"] != "eglot-code-actions"
-    assert "eglot" not in report["managed_markdown_c_c_c_a"] and "eglot" not in report["other_markdown_c_c_c_a"]
+    assert (
+        "eglot" not in report["managed_markdown_c_c_c_a"]
+        and "eglot" not in report["other_markdown_c_c_c_a"]
+    )

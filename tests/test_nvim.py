@@ -51,6 +51,7 @@ def nvim_has_inline_completion(nvim: str) -> bool:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     return "true" in probe.stdout
 
@@ -85,21 +86,26 @@ def run_driver(tiny_model_dir: str, tmp_path: Path, **job) -> dict:
             "NONE",
             "-n",  # no swap files: a killed run must not block the next one
             "-c",
-            f"lua local ok, err = pcall(dofile, {json.dumps(str(DRIVER))})"
-            " if not ok then io.stderr:write(err) vim.cmd('cquit!') end",
+            (
+                f"lua local ok, err = pcall(dofile, {json.dumps(str(DRIVER))})"
+                " if not ok then io.stderr:write(err) vim.cmd('cquit!') end"
+            ),
         ],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=240,
+        check=False,
     )
     result_file = tmp_path / "result.json"
     assert result_file.exists(), (
         f"nvim exited {run.returncode} without a result:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
     )
     report = json.loads(result_file.read_text())
-    assert report.get("failure") is None, f"{report['failure']}\nserver log: {report['log']}"
+    assert report.get("failure") is None, (
+        f"{report['failure']}\nserver log: {report['log']}"
+    )
     return report
 
 
@@ -110,7 +116,9 @@ def inserted(before: str, after: str, cursor: int) -> str:
     return after[len(prefix) : len(after) - len(suffix)]
 
 
-def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(tiny_model_dir, tmp_path):
+def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(
+    tiny_model_dir, tmp_path
+):
     report = run_driver(
         tiny_model_dir,
         tmp_path,
@@ -120,14 +128,20 @@ def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(tiny_model_dir
         fill_line=2,
     )
     # the model's loading was visible: status() while $/progress reported it
-    assert any(status.startswith("dgemma: loading") for status in report["statuses"]), report["statuses"]
+    assert any(status.startswith("dgemma: loading") for status in report["statuses"]), (
+        report["statuses"]
+    )
 
     # Tab and x typed together, then the same as a recorded macro and its replay: no reordering,
     # no lost Tab
     assert report["tab_map"] == 1, "the <Tab> mapping must be buffer-local"
-    assert report["keys_after"] == "abc\tx\nabc\tx\nabc\tx\n", repr(report["keys_after"])
+    assert report["keys_after"] == "abc\tx\nabc\tx\nabc\tx\n", repr(
+        report["keys_after"]
+    )
     other = report["other_tab_map"]
-    assert other.get("buffer") != 1 and not (other.get("desc") or "").startswith("dgemma"), other
+    assert other.get("buffer") != 1 and not (other.get("desc") or "").startswith(
+        "dgemma"
+    ), other
 
     # ghost text shown, then Tab and x together: the whole completion, then the x
     cursor = INLINE_TEXT.index("the \n") + len("the ")
@@ -137,22 +151,40 @@ def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(tiny_model_dir
 
     # <M-\> sent an Invoked request (LSP InlineCompletionTriggerKind.Invoked = 1), typing an
     # Automatic one (2); <M-Right> took the shown candidate's first word only
-    assert 1 in report["trigger_kinds"] and 2 in report["trigger_kinds"], report["trigger_kinds"]
+    assert 1 in report["trigger_kinds"] and 2 in report["trigger_kinds"], report[
+        "trigger_kinds"
+    ]
     word = inserted(report["words_before"], report["words_after"], cursor)
     assert word.strip() and len(word.split()) == 1, repr(word)
-    assert report["words_shown"].lstrip().startswith(word.strip()), (report["words_shown"], word)
+    assert report["words_shown"].lstrip().startswith(word.strip()), (
+        report["words_shown"],
+        word,
+    )
 
     assert report["fill_before"] == FILL_TEXT
     start, end = FILL_TEXT.index("pass"), FILL_TEXT.index("area\n") + len("area")
     filled = report["fill_after"]
     assert "# TODO" not in filled
-    assert filled.startswith(FILL_TEXT[:start]) and filled.endswith(FILL_TEXT[end:]), filled
+    assert filled.startswith(FILL_TEXT[:start]) and filled.endswith(FILL_TEXT[end:]), (
+        filled
+    )
     assert filled[start : len(filled) - len(FILL_TEXT[end:])].strip()
 
 
 def test_neovim_completion_menu_opens_on_a_trigger_character(tiny_model_dir, tmp_path):
     """The 0.11 path, forced on 0.12 with `inline = false`: no ghost text capability, so the
     server offers textDocument/completion with trigger characters and the menu opens by itself."""
-    report = run_driver(tiny_model_dir, tmp_path, mode="menu", menu_text=MENU_TEXT, menu_line=2, menu_typed="(")
-    assert report["menu_items"] and all(item.strip() for item in report["menu_items"]), report["menu_items"]
-    assert report["menu_line"] == MENU_TEXT.splitlines()[1] + "(", "a suggestion was inserted before it was chosen"
+    report = run_driver(
+        tiny_model_dir,
+        tmp_path,
+        mode="menu",
+        menu_text=MENU_TEXT,
+        menu_line=2,
+        menu_typed="(",
+    )
+    assert report["menu_items"] and all(
+        item.strip() for item in report["menu_items"]
+    ), report["menu_items"]
+    assert report["menu_line"] == MENU_TEXT.splitlines()[1] + "(", (
+        "a suggestion was inserted before it was chosen"
+    )
