@@ -243,6 +243,23 @@ table.insert(steps, { 'fill', function(next)
   end)
 end })
 
+-- "Repair JSON" in a JSON buffer: the repaired text and nothing else (no blank line added).
+table.insert(steps, { 'repair json', function(next)
+  local buf = open(job.dir .. '/broken.json', job.json_text, 'json')
+  when('dgemma-ls to attach', function() return attached(buf) end, function()
+    report.json_before = text(buf)
+    vim.lsp.buf.code_action({
+      apply = true,
+      filter = function(action) return vim.startswith(action.title, 'Repair JSON') end,
+    })
+    when('the repair to be applied', function() return text(buf) ~= report.json_before end, function()
+      report.json_after = text(buf)
+      report.json_lines = vim.api.nvim_buf_line_count(buf)
+      next()
+    end, 60000)
+  end)
+end })
+
 -- The 0.11 path (`inline = false`): typing a trigger character opens the completion menu.
 local menu_steps = {
   { 'menu', function(next)

@@ -18,6 +18,7 @@ DRIVER = Path(__file__).with_name("nvim_driver.lua")
 PLUGIN = REPO / "editors" / "nvim" / "dgemma.lua"
 INLINE_TEXT = "def area(width, height):\n    # multiply the width and the \n    return width * height\n"
 FILL_TEXT = "def area(width, height):\n    pass  # TODO compute the area\n\n\nprint(area(2, 3))\n"
+BROKEN_JSON = '{"name": "dgemma", "tags": ["a", "b",], "size": 3,}\n'
 MENU_TEXT = "def area(width, height):\n    # multiply the width and the\n    return width * height\n"
 
 pytestmark = pytest.mark.slow
@@ -126,6 +127,7 @@ def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(
         inline_line=2,
         fill_text=FILL_TEXT,
         fill_line=2,
+        json_text=BROKEN_JSON,
     )
     # the model's loading was visible: status() while $/progress reported it
     assert any(status.startswith("dgemma: loading") for status in report["statuses"]), (
@@ -169,6 +171,10 @@ def test_neovim_keys_ghost_text_candidates_and_fill_in_the_middle(
         filled
     )
     assert filled[start : len(filled) - len(FILL_TEXT[end:])].strip()
+
+    # Repair JSON: valid JSON with the same content, and no blank line added at the end
+    assert json.loads(report["json_after"]) == {"name": "dgemma", "tags": ["a", "b"], "size": 3}
+    assert not report["json_after"].endswith("\n\n"), repr(report["json_after"])
 
 
 def test_neovim_completion_menu_opens_on_a_trigger_character(tiny_model_dir, tmp_path):
