@@ -273,8 +273,13 @@ def main(argv=None) -> int:
                         help="torch threads for 1 and 2 (2 also times 10 requests at the other count)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the compiled decoder step (Engine.compile; default on)")
+    parser.add_argument("--sections", default="parity,completion,memory",
+                        help="comma-separated subset of parity, completion, memory (default: all three)")
     parser.add_argument("--out-json", default=str(RESULTS / "engine_latency.json"))
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    if not sections <= {"parity", "completion", "memory"}:
+        parser.error(f"--sections: unknown {', '.join(sorted(sections - {'parity', 'completion', 'memory'}))}")
     model_dir = Path(args.model) if args.model else default_model()
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads by default, {os.cpu_count()} CPUs, "
@@ -288,18 +293,21 @@ def main(argv=None) -> int:
 
     # first: a child's ru_maxrss starts at its parent's high-water mark (fork copies it), and
     # the parity section grows this process past the size of a model load
-    memory = bench_memory(model_dir) if model_dir is not None else None
+    memory = bench_memory(model_dir) if model_dir is not None and "memory" in sections else None
     try:
-        show("parity", bench_parity(model_dir, args.reference))
+        if "parity" in sections:
+            show("parity", bench_parity(model_dir, args.reference))
     except ImportError as e:  # transformers builds the parity checkpoint: a test dependency
         print(f"parity config skipped: {e} (pip install transformers==5.23.0)\n")
     if model_dir is None:
         print("no trained checkpoint found (runs/default/model, engine/default_model): skipping 2 and 3")
     else:
-        for name, table in bench_completion(model_dir, Path(args.corpus), args.requests, args.threads,
-                                            args.compile).items():
-            show(name, table)
-        show("memory", memory)
+        if "completion" in sections:
+            for name, table in bench_completion(model_dir, Path(args.corpus), args.requests, args.threads,
+                                                args.compile).items():
+                show(name, table)
+        if memory is not None:
+            show("memory", memory)
     print(f"total {time.perf_counter() - t0:.0f} s")
     write_result(args.out_json, "engine_latency", tables, model=str(model_dir), threads=args.threads,
                  requests=args.requests)
