@@ -225,6 +225,42 @@ class Engine:
         return Continuation(self.tokenizer.decode(text_ids), len(text_ids), out.steps, int(out.decoder_passes[0]),
                             float(out.tokens_per_forward[0]), out.ms)
 
+    @torch.no_grad()
+    def draft(self, cache: KVCache, tail: list[int], limit: int) -> list[int]:
+        """The causal encoder's greedy continuation after the cached prompt + `tail`: to the first
+        newline, end of text or `limit` tokens. The cache is left holding exactly the prompt."""
+        tok, model = self.tokenizer, self.model
+        length = cache.length
+        ids = tail or [self._cached_ids[-1]]
+        if not tail:  # re-encode the prompt's last token for its next-token logits
+            cache.truncate(length - 1)
+        hidden = model.encode(torch.tensor([ids], device=model.device), cache)
+        stops = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
+        out: list[int] = []
+        while len(out) < limit:
+            token = int(model.logits(hidden[:, -1]).argmax(-1))
+            if token in stops or token == tok.filler_id:
+                break
+            out.append(token)
+            if "\n" in tok.decode([token]):
+                break
+            hidden = model.encode(torch.tensor([[token]], device=model.device), cache)
+        cache.truncate(length)
+        return out
+
+    def _seed_with_draft(self, cache: KVCache, rows, canvas: torch.Tensor, clamped: torch.Tensor):
+        """Each row's hole starts with the encoder's draft of the middle, then fillers (ours: see
+        GenerationConfig.encoder_draft); no position holds noise, so the decoder may keep any."""
+        plan = rows[0]
+        hole = plan.hole.stop - plan.hole.start
+        draft = self.draft(cache, plan.canvas[: plan.hole.start], hole)
+        seeded = canvas.clone()
+        for i, p in enumerate(rows):
+            n = p.hole.stop - p.hole.start
+            ids = (draft + [self.tokenizer.filler_id] * n)[:n]
+            seeded[i, p.hole] = torch.tensor(ids, device=canvas.device)
+        return seeded, torch.zeros_like(clamped)
+
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
                mode: str = "canvas", context_tokens: int = CANVAS_CONTEXT_TOKENS, exact: bool = False,
@@ -262,6 +298,9 @@ class Engine:
         canvas_known, clamped = stack_plans(rows, tok.pad_id or 0, self.model.device)
         noise = self._noise(seed, exact)
         canvas = torch.where(clamped, canvas_known, noise.canvas(*canvas_known.shape, self.model.device))
+        noised = None
+        if gen.encoder_draft and mode == "canvas" and tok.filler_id is not None:
+            canvas, noised = self._seed_with_draft(cache, rows, canvas, clamped)
 
         def report(draft: Draft):
             if on_step is not None:
@@ -270,7 +309,7 @@ class Engine:
 
         result = denoise(self.model, self.model.decoder_context(cache, len(rows)), cache.length, canvas, gen,
                          noise, clamped=clamped, on_step=report if on_step else None, should_stop=should_stop,
-                         compiled=self.compiled_step)
+                         compiled=self.compiled_step, noised=noised)
         ms = (time.perf_counter() - t0) * 1000
         stop_ids = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
         found: dict[str, Infill] = {}

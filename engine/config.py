@@ -168,6 +168,10 @@ class GenerationConfig:
     # drawn uniform-noise token says nothing about its clean token, so its current token gets no
     # probability. Small models copy their noisy input; this removes that bias.
     ignore_noise_tokens: bool = False
+    # ours, off by default: infilling seeds the hole with the causal encoder's greedy draft of the
+    # middle (to the first newline) instead of uniform noise; the decoder then denoises from it,
+    # seeing the suffix, and may keep or rewrite every draft token (engine/api.py Engine.infill)
+    encoder_draft: bool = False
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, int):
@@ -189,6 +193,8 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if not isinstance(self.ignore_noise_tokens, bool):
             raise ValueError(f"ignore_noise_tokens must be true or false, got {self.ignore_noise_tokens!r}")
+        if not isinstance(self.encoder_draft, bool):
+            raise ValueError(f"encoder_draft must be true or false, got {self.encoder_draft!r}")
 
     @classmethod
     def from_hf_dict(cls, raw: dict) -> "GenerationConfig":
@@ -206,6 +212,7 @@ class GenerationConfig:
             "eos_token_id": raw.get("eos_token_id"),
             "pad_token_id": raw.get("pad_token_id"),
             "ignore_noise_tokens": raw.get("ignore_noise_tokens"),
+            "encoder_draft": raw.get("encoder_draft"),
         }
         for key, value in values.items():
             if value is not None:
@@ -225,6 +232,7 @@ class GenerationConfig:
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
             **({"ignore_noise_tokens": True} if self.ignore_noise_tokens else {}),
+            **({"encoder_draft": True} if self.encoder_draft else {}),
         }
 
 

@@ -93,10 +93,13 @@ def denoising_step(model: DiffusionGemma, canvas: torch.Tensor, context: Decoder
 def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: torch.Tensor,
             gen: GenerationConfig, noise, *, clamped: torch.Tensor | None = None, canvas_index: int = 0,
             on_step: Callable[[Draft], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, compiled: CompiledStep | None = None) -> Denoised:
+            should_stop: Callable[[], bool] | None = None, compiled: CompiledStep | None = None,
+            noised: torch.Tensor | None = None) -> Denoised:
     """Refine `canvas` (B, C) at positions [start, start + C) until stable and confident or out of steps.
 
     Clamped positions (B, C) keep their tokens: never renoised, never overwritten, always visible.
+    `noised` (B, C) marks the free positions that hold fresh uniform noise (default: all free ones);
+    a seeded canvas (an encoder draft) holds guesses there instead.
     `compiled` runs the steps it serves (one row, a private-generator TorchNoise): the same
     function, so the same decisions from the same draws."""
     B = canvas.shape[0]
@@ -105,7 +108,8 @@ def denoise(model: DiffusionGemma, context: DecoderContext, start: int, canvas: 
     finished = torch.zeros(B, dtype=torch.bool, device=canvas.device)
     forwards = torch.zeros(B, dtype=torch.int32, device=canvas.device)
     free = None if clamped is None else ~clamped
-    noised = torch.ones_like(canvas, dtype=torch.bool) if free is None else free  # hold fresh noise tokens
+    if noised is None:  # which free positions hold fresh noise tokens
+        noised = torch.ones_like(canvas, dtype=torch.bool) if free is None else free
     run = partial(denoising_step, model)
     if compiled is not None and compiled.serves(canvas, noise):
         run, context = compiled, compiled.context(context)

@@ -13,8 +13,9 @@ K canvas slots attach along the row, each the engine's inference canvas (engine/
 clamped prefix tail | hole = middle then fillers | clamped suffix head (+ eos when the row ends),
 noised in the hole with uniform tokens at a rate t ~ U(0, 1); some slots are plain continuation
 blocks. Loss per hole position: cross-entropy to the clean token (fillers down-weighted) plus a
-distillation term, KL(encoder's next-token distribution at j-1 || decoder at j): the pretrained
-model's own belief is a far richer target per token than one id. Self-conditioning half the time.
+distillation term at noised positions, KL(encoder's next-token distribution at j-1 || decoder at
+j): the pretrained model's own belief is a far richer target per token than one id (at a clean
+position the target is the visible token itself, so the prefix-only teacher would pull the wrong way). Self-conditioning half the time.
 
     python -m engine.training.adapt --base runs/gemma3-32k --out runs/adapt
 """
@@ -165,6 +166,7 @@ class Batch:
     targets: torch.Tensor  # (B, K * C) clean
     weight: torch.Tensor  # (B, K * C) loss weight (0: not scored)
     teacher_pos: torch.Tensor  # (B, K * C) encoder position whose next-token logits predict the target, -1: none
+    noised: torch.Tensor  # (B, K * C) positions holding a noise token (the only ones distilled)
     valid: torch.Tensor  # (B, K * C)
     attach: torch.Tensor  # (B, K)
 
@@ -194,6 +196,7 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
     targets = torch.full((B, K * C), pad)
     weight = torch.zeros(B, K * C)
     teacher = torch.full((B, K * C), -1)
+    noised = torch.zeros(B, K * C, dtype=torch.bool)
     valid = torch.zeros(B, K * C, dtype=torch.bool)
     attach = torch.zeros(B, K, dtype=torch.long)
     stride = S // K
@@ -237,11 +240,12 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
             noisy = torch.randint(0, vocab, (n,), generator=gen)
             replace = (torch.rand(n, generator=gen) < t) & ~known
             canvas[b, lo: lo + n] = torch.where(replace, noisy, clean)
+            noised[b, lo: lo + n] = replace
             targets[b, lo: lo + n] = clean
             weight[b, lo: lo + n] = w
             teacher[b, lo: lo + n] = tpos
             valid[b, lo: lo + n] = True
-    return Batch(tokens, canvas, targets, weight, teacher, valid, attach)
+    return Batch(tokens, canvas, targets, weight, teacher, noised, valid, attach)
 
 
 # ---- loss ---------------------------------------------------------------------------------------
@@ -285,7 +289,9 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
     w = batch.weight.reshape(-1)
     sel = w > 0  # logits only where a target is scored: the vocabulary is the costly part
     tpos = batch.teacher_pos.reshape(-1)[sel]
-    distill = tpos >= 0
+    # the teacher sees the prefix only: distil where the canvas hides the token (a noised
+    # position); where the clean token is visible, the target is to keep it, not the prefix's guess
+    distill = (tpos >= 0) & batch.noised.reshape(-1)[sel]
     teacher_logp = None
     if ac.distill_weight and distill.any():
         with torch.no_grad():
