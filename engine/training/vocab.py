@@ -7,8 +7,11 @@ kept token is built from (so the BPE still reaches it). Merges that produce a dr
 Four of Gemma's spare `<unusedN>` tokens become the filler and FIM markers. Knows the
 tokenizer.json layout and the corpus reader, not the model.
 
-    python -m engine.training.vocab --tokenizer gemma3_tokenizer.json --corpus data/corpus \\
-        --size 32768 --out runs/vocab
+    python -m engine.training.vocab --tokenizer BASE.gguf --corpus data/corpus --size 32768 --out runs/vocab
+
+`--tokenizer` takes the base's tokenizer.json, or its GGUF: the tokenizer is then rebuilt from the
+GGUF metadata by transformers' GGUF tokenizer builder (tooling only; a well-kept implementation of
+SentencePiece-BPE-from-scores we do not rewrite).
 """
 
 from __future__ import annotations
@@ -112,8 +115,20 @@ def bytes_per_token(tok: HFTokenizer, texts: list[str]) -> float:
     return n_bytes / max(1, n_tok)
 
 
+def base_tokenizer_json(path: str | Path) -> dict:
+    """tokenizer.json of the base: read, or rebuilt from a GGUF's metadata."""
+    path = Path(path)
+    if path.suffix != ".gguf":
+        return json.loads(path.read_text())
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    architecture, tokenizer_dict, _ = get_gguf_tokenizer(str(path))
+    backend, _ = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return json.loads(backend.to_str())
+
+
 def build(tokenizer: str | Path, corpus: str | Path, size: int, out: str | Path, sample_mb: int = 24) -> dict:
-    data = json.loads(Path(tokenizer).read_text())
+    data = base_tokenizer_json(tokenizer)
     full = HFTokenizer.from_str(json.dumps(data))
     texts = sample_texts(corpus, "train", sample_mb << 20, every=3)
     counts = token_counts(full, texts)
@@ -142,7 +157,7 @@ def build(tokenizer: str | Path, corpus: str | Path, size: int, out: str | Path,
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m engine.training.vocab", description=__doc__.splitlines()[0])
-    p.add_argument("--tokenizer", required=True, help="the base tokenizer.json (Gemma 3, full vocabulary)")
+    p.add_argument("--tokenizer", required=True, help="the base tokenizer.json or .gguf (Gemma 3, full vocabulary)")
     p.add_argument("--corpus", default="data/corpus")
     p.add_argument("--size", type=int, default=32768)
     p.add_argument("--sample-mb", type=int, default=24)
