@@ -39,7 +39,7 @@ M.defaults = {
 }
 
 local inline = vim.lsp.inline_completion
-local invoked = vim.lsp.protocol.InlineCompletionTriggerKind.Invoked
+local invoked = 1 -- LSP InlineCompletionTriggerKind.Invoked (0.11's vim.lsp.protocol lacks the enum)
 local state = { loading = nil, pending = 0, last_ms = nil, started = {} }
 
 --- A statusline component: "dgemma: loading 40%", "dgemma: thinking", "dgemma 85ms" or "".
