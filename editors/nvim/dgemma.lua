@@ -175,7 +175,10 @@ local function on_attach(event, opts)
   else
     -- the server's textDocument/completion in the menu, opened as you type (trigger characters);
     -- a single suggestion shows too, and nothing is inserted until it is chosen
-    vim.bo[event.buf].completeopt = 'menu,menuone,noinsert,popup'
+    -- ('completeopt' is buffer-local only since Vim 9.1.0469; an older Neovim keeps its global value)
+    pcall(function()
+      vim.bo[event.buf].completeopt = 'menu,menuone,noinsert,popup'
+    end)
     vim.lsp.completion.enable(true, client.id, event.buf, { autotrigger = true })
   end
 end
