@@ -40,6 +40,10 @@
   "Weight and activation precision."
   :type '(choice (const "auto") (const "float32") (const "bfloat16") (const "float16")))
 
+(defcustom lsp-dgemma-quantize nil
+  "Weight-only quantization applied while the checkpoint loads; nil uses the server's --quantize."
+  :type '(choice (const nil) (const "none") (const "int8") (const "int4") (const "fp8")))
+
 (defcustom lsp-dgemma-compile t
   "Non-nil: torch.compile the denoising step in the background after the model loads (~25% faster)."
   :type 'boolean)
@@ -67,6 +71,8 @@
                         :maxMiddleTokens lsp-dgemma-max-middle-tokens)))
     (when lsp-dgemma-model
       (setq settings (plist-put settings :model lsp-dgemma-model)))
+    (when lsp-dgemma-quantize
+      (setq settings (plist-put settings :quantize lsp-dgemma-quantize)))
     (setq settings (plist-put settings :compile (if lsp-dgemma-compile t :json-false)))
     (when lsp-dgemma-steps
       (setq settings (plist-put settings :steps lsp-dgemma-steps)))
