@@ -7,9 +7,9 @@ low-rank deltas (LoRA) on the attention and MLP projections the mapping left at 
 scale, the decoder's layer scalars, and the self-conditioning block. Embeddings, norms and the
 mapping's special weights (the tiny / widened value paths, the zero MoE branch) stay frozen.
 
-Each row is `bos + 512 tokens` of corpus text. The encoder reads it once without gradient (the
-prompt KV the canvases attend to: cheap, and the encoder only drifts through the shared deltas);
-K canvas slots attach along the row, each the engine's inference canvas (engine/infill.py):
+Each row is `bos + 512 tokens` of corpus text. The encoder reads it with its next-token loss (the
+deltas are shared with it: without that loss the encoder decays, and with it the prompt KV the
+canvases attend to); K canvas slots attach along the row, each the engine's inference canvas (engine/infill.py):
 clamped prefix tail | hole = middle then fillers | clamped suffix head (+ eos when the row ends),
 noised in the hole with uniform tokens at a rate t ~ U(0, 1); some slots are plain continuation
 blocks. Loss per hole position: cross-entropy to the clean token (fillers down-weighted) plus a
@@ -73,6 +73,7 @@ class AdaptConfig:
     self_cond_prob: float = 0.25
     filler_weight: float = 0.2
     distill_weight: float = 1.0
+    encoder_weight: float = 1.0  # the encoder's next-token loss (0: encoder without gradient)
     seed: int = 0
     start_doc: int = 0
     checkpoint_minutes: float = 15.0
@@ -283,9 +284,18 @@ def decode_slots(model: DiffusionGemma, canvas: torch.Tensor, attach: torch.Tens
 def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition: bool) -> dict[str, torch.Tensor]:
     ids = batch.tokens[:, :-1]
     B = ids.shape[0]
-    with torch.no_grad():
+    ar = None
+    if ac.encoder_weight:
+        # the deltas are shared with the encoder (one weight set): its next-token loss keeps it the
+        # left-to-right model the prompt cache, the encoder draft and the causal baseline rely on
+        # (without it the first run's encoder decayed to writing blank lines within 150 steps)
         hidden, enc_kv = run_encoder(model, ids)
-        enc_kv = [(k.detach(), v.detach()) for k, v in enc_kv]
+        ar_logits = model.logits(hidden).float()
+        ar = F.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), batch.tokens[:, 1:].reshape(-1))
+    else:
+        with torch.no_grad():
+            hidden, enc_kv = run_encoder(model, ids)
+            enc_kv = [(k.detach(), v.detach()) for k, v in enc_kv]
     w = batch.weight.reshape(-1)
     sel = w > 0  # logits only where a target is scored: the vocabulary is the costly part
     tpos = batch.teacher_pos.reshape(-1)[sel]
@@ -296,7 +306,7 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
     if ac.distill_weight and distill.any():
         with torch.no_grad():
             rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
-            teacher_logp = F.log_softmax(model.logits(hidden[rows, tpos[distill]]).float(), -1)
+            teacher_logp = F.log_softmax(model.logits(hidden[rows, tpos[distill]].detach()).float(), -1)
     soft = None
     if self_condition:
         with torch.no_grad():
@@ -311,6 +321,9 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         kl = F.kl_div(F.log_softmax(logits[distill], -1), teacher_logp, log_target=True, reduction="batchmean")
         out["kl"] = kl
         out["loss"] = ce + ac.distill_weight * kl
+    if ar is not None:
+        out["ar"] = ar
+        out["loss"] = out["loss"] + ac.encoder_weight * ar
     middle = w[sel] == 1.0
     out["ce_middle"] = per_token[middle].mean().detach() if middle.any() else ce.detach()
     return out
