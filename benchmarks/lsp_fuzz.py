@@ -88,6 +88,7 @@ class Server:
         self.tracebacks: list[str] = []
         self.stale: list[str] = []
         self.malformed_replies: list[str] = []
+        self.unmatched: list[str] = []  # responses for no pending request: late (after the drain) or unknown ids
         self.versions: dict[str, int] = {}  # the client's version of each open document
         self.texts: dict[tuple[str, int], str] = {}  # (uri, version) -> text, for checking edits
         self.logs: list[tuple[float, str]] = []  # (when, message) of logMessage, showMessage, $/logTrace
@@ -212,6 +213,7 @@ class Server:
         entry = self.pending.pop(key, None)
         if entry is None:
             self.counts["responses without a pending request"] += 1
+            self.unmatched.append(json.dumps(message)[:200])
             return
         if not entry[2].done():
             entry[2].set_result(message)
@@ -959,6 +961,7 @@ async def main(args: argparse.Namespace) -> dict:
     report["tracebacks_sample"] = server.tracebacks[:5]
     report["stale_sample"] = server.stale[:5]
     report["malformed_replies_sample"] = server.malformed_replies[:5]
+    report["responses_without_request_sample"] = server.unmatched[:5]
     if args.framing:
         report["framing"] = await framing(args.model, log_dir, args.framing_timeout)
     report["seconds"] = round(time.monotonic() - started, 1)
