@@ -9,7 +9,11 @@ the model worker's thread, never on the caller's event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import functools
+import gc
 import logging
 import os
 import re
@@ -19,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from dgemma_ls import actions, backends, context, placeholders
+from dgemma_ls import actions, backends, context, placeholders, syntax
 from dgemma_ls.actions import Edit, Hole, Result
 from dgemma_ls.documents import Document
 from dgemma_ls.settings import SECTION, Settings, parse_settings
@@ -35,6 +39,15 @@ INVOKED_CANDIDATES = 3
 
 Position = tuple[int, int]  # (line, character) in the document's position encoding
 _WORD_BEFORE = re.compile(r"[A-Za-z0-9_$]*\Z")
+
+_LARGE_DOCUMENT = 256_000  # characters; closing a larger document hands freed heap back to the OS
+
+
+def _release_freed_heap() -> None:
+    """glibc's malloc_trim: return freed heap pages to the OS (a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
 
 # TEST-ONLY switch, read once at start: a fault in every model job of a request (not the warm-up).
 # raise: an exception; oom: MemoryError; hang: the first job blocks HANG_S without polling
@@ -410,7 +423,14 @@ class CompletionService:
             self._edited[uri] = last_edit
 
     def close_document(self, uri: str) -> None:
-        self.documents.pop(uri, None)
+        doc = self.documents.pop(uri, None)
+        if doc is not None and len(doc.text) > _LARGE_DOCUMENT:
+            # Measured (docs/reliability.md): no Python object of a closed document survives, but
+            # glibc keeps the freed heap of its trees and its parse-cache entries (whole texts).
+            syntax.parse.cache_clear()
+            del doc
+            gc.collect()
+            _release_freed_heap()
         self.cache.forget(uri)
         self._edited.pop(uri, None)
         self._automatic.pop(uri, None)
