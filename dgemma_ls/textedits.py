@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import difflib
 
+# difflib compares every line with every line of the changed region: past this many pairs
+# (a repair that touched thousands of lines) it would hold the process for minutes, so the
+# changed region goes out as one edit.
+MAX_LINE_PAIRS = 4_000_000
+
 
 def minimal_edits(old: str, new: str) -> list[tuple[int, int, str]]:
     """Non-overlapping edits, in document order, that turn old into new when applied
@@ -17,6 +22,8 @@ def minimal_edits(old: str, new: str) -> list[tuple[int, int, str]]:
     new_lines = new.splitlines(keepends=True)
     old_starts = _starts(old_lines)
     new_starts = _starts(new_lines)
+    if len(old_lines) * len(new_lines) > MAX_LINE_PAIRS:
+        return [_shrink(old, 0, len(old), new)]
     matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
     edits = []
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():

@@ -238,6 +238,15 @@ def test_minimal_edits(old, new, expected):
     assert edits == expected
 
 
+def test_minimal_edits_of_a_repair_that_touched_thousands_of_lines_is_one_edit():
+    old = "".join(f"x{i} = [{i}, 'a']\n" for i in range(3000))
+    new = old.replace("'a'", '"a"')
+    edits = minimal_edits(old, new)
+    assert apply_edits(old, edits) == new
+    # one edit from the first change to the last, not 3,000 found by comparing every line pair
+    assert [(start, end) for start, end, _ in edits] == [(old.index("'a'"), len(old) - len("]\n"))]
+
+
 # -- invariants over generated documents (hypothesis) ---------------------------------------
 
 VALUES = st.recursive(
