@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_MODEL_CHARS = 2_000_000  # above this no model call is made: context building alone would stall
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the three line terminators LSP recognises
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, a surrogate code point is always unpaired
 
 
 def _units(char: str, encoding: str) -> int:
@@ -55,6 +56,8 @@ def skip_reason(text: str) -> str | None:
         return f"document too large for the model ({len(text) / 1e6:.1f} M characters > {MAX_MODEL_CHARS / 1e6:.0f} M)"
     if "\x00" in text:
         return "document looks binary (contains NUL characters)"
+    if _SURROGATE.search(text):  # JSON may carry "\ud800" alone; the tokenizer refuses it (TypeError)
+        return "document contains an unpaired UTF-16 surrogate"
     return None
 
 

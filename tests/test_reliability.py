@@ -316,3 +316,12 @@ def test_the_model_file_removed_after_start_changes_nothing(tiny_model_dir, tmp_
         server.alive_and_answering()
     finally:
         server.close()
+
+
+def test_an_unpaired_surrogate_blocks_the_model_with_a_logged_reason(server):
+    """JSON can carry a lone "\\ud800"; the tokenizer raises TypeError on it (found by the fuzz)."""
+    uri = PY + "?surrogate"
+    _open(server, uri, "def f():\n    \ud800", 1, "python")
+    assert _complete(server, uri)["result"] is None
+    server.wait_log("unpaired UTF-16 surrogate", timeout=5)
+    assert "completion failed" not in server.log()
