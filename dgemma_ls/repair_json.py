@@ -368,6 +368,15 @@ def nesting(text: str) -> int:
     return deepest
 
 
+def _unencodable(text: str) -> int | None:
+    """The offset of the first lone surrogate, which no parser (nor UTF-8) takes; None if none."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
 def _stopped(should_stop: StopPredicate | None) -> bool:
     return should_stop is not None and should_stop()
 
@@ -445,6 +454,9 @@ def repair_json(
     requires. Text that is valid and complete comes back unchanged; so does text nested
     deeper than MAX_NESTING. Once should_stop() is true the model is asked nothing more: the
     rules finish the repair."""
+    if (bad := _unencodable(text)) is not None:
+        return RepairResult(text, False, False, [f"not valid Unicode (a lone surrogate at offset {bad}): not repaired"],
+                            False)
     if nesting(text) > MAX_NESTING:
         return RepairResult(text, False, False, [f"nesting deeper than {MAX_NESTING} levels: not repaired"],
                             _valid(text))

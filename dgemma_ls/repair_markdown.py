@@ -298,6 +298,11 @@ def repair_tables(
     should_stop() is true the model is asked nothing more: the tables still get their
     deterministic repair and the notes say what was left empty."""
     result = TableRepair(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:  # the grammar reads UTF-8: a lone surrogate has none
+        result.notes.append(f"not valid Unicode (a lone surrogate at offset {error.start}): not repaired")
+        return result
     for table in reversed(find_tables(text)):
         if start is not None and table.end < start:
             continue

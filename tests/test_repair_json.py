@@ -126,9 +126,11 @@ DEEP = f"nesting deeper than {MAX_NESTING} levels: not repaired"
         ('["' + "[" * 10_000 + '"', '["' + "[" * 10_000 + '"]', ["closed unclosed brackets"], True),
         # as deep as the bound: repaired as usual
         ("[" * MAX_NESTING, "[" * MAX_NESTING + "]" * MAX_NESTING, ["closed unclosed brackets"], True),
+        # a lone surrogate (valid in a JSON-RPC string, not in UTF-8): left alone, with a note
+        ('{"a": "\ud800" "b": 1}', None, ["not valid Unicode (a lone surrogate at offset 7): not repaired"], False),
     ],
 )
-def test_deep_nesting(text, expected, notes, valid):
+def test_what_is_left_as_it_is(text, expected, notes, valid):
     result = repair_json(text, fill=Model(["never"]))
     assert (result.text, result.notes, result.valid, result.used_model) == (expected or text, notes, valid, False)
 

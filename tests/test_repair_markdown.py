@@ -208,6 +208,12 @@ def test_a_run_the_grammar_splits_is_one_table():
     assert repair_tables(document).text == "|     |\n| --- |\n|     |\n|     |\n| 1   |\n"
 
 
+def test_a_lone_surrogate_is_noted_not_repaired():
+    document = "| a | b |\n| \ud800 |\n"
+    assert repair_tables(document).notes == ["not valid Unicode (a lone surrogate at offset 12): not repaired"]
+    assert repair_tables(document).text == document
+
+
 @pytest.mark.parametrize(
     "start, end, changed",
     [
