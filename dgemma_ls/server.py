@@ -97,6 +97,23 @@ class DgemmaProtocol(LanguageServerProtocol):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._initialize_seen = False
+        self._command_tasks: dict[Any, asyncio.Task] = {}  # request id -> the command's task
+
+    def track_command(self) -> None:
+        """Called first in a command coroutine: pygls runs it as an inner task that cancelling the
+        request does not reach (it cancels only the outer future), so remember it by request id."""
+        msg_id, task = self._ctx_msg_id.get(None), asyncio.current_task()
+        if msg_id is None or task is None:
+            return
+        self._command_tasks[msg_id] = task
+        task.add_done_callback(lambda _: self._command_tasks.pop(msg_id, None))
+
+    def _handle_cancel_notification(self, msg_id: Any):
+        super()._handle_cancel_notification(msg_id)  # answers -32800 at once
+        task = self._command_tasks.pop(msg_id, None)
+        if task is not None and not task.done():
+            task.cancel()  # the service marks the job's ticket: it stops at its next model call or step
+            log.info("cancelled command request %s", msg_id)
 
     def structure_message(self, data: dict[str, Any]):
         # json.loads calls this for every object, innermost first; only messages carry "jsonrpc"
@@ -360,6 +377,7 @@ class DgemmaServer(LanguageServer):
 
     @lsp_errors
     async def execute(self, action: str, args: tuple[Any, ...]) -> dict:
+        self.protocol.track_command()
         apply = len(args) == 1 and isinstance(args[0], dict) and args[0].get("apply")
         result = await self.service.execute(action, args)
         response = {

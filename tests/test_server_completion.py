@@ -172,3 +172,20 @@ async def test_cancel_request_stops_the_model_and_the_server_keeps_answering(cli
         inline_params(doc, PROSE_CURSOR, types.InlineCompletionTriggerKind.Automatic)
     )
     assert again is not None and len(again.items) == 1
+
+
+async def test_cancelling_a_command_stops_its_model_work(client, slow_model):
+    """pygls runs a command as an inner task that $/cancelRequest does not reach; the server tracks
+    it by request id, so the fill stops at its next denoising step instead of running on."""
+    doc = Doc(client, CODE, "python", ".py")
+    traces = len(client.traces)
+    argument = {"uri": doc.uri, "position": {"line": 1, "character": doc.position(CURSOR).character}}
+    pending = asyncio.ensure_future(client.protocol.send_request_async(
+        types.WORKSPACE_EXECUTE_COMMAND, types.ExecuteCommandParams(command="dgemma.fill", arguments=[argument]),
+        msg_id="cancel-command"))
+    await eventually(lambda: any("model started" in t for t in client.traces[traces:]), what="the fill to start")
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-command"))
+    with pytest.raises(Exception, match="(?i)cancel"):
+        await pending
+    await eventually(lambda: any("model stopped" in t and "cancelRequest" in t for t in client.traces[traces:]),
+                     what="the fill's model work to stop")
