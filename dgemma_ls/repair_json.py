@@ -1,7 +1,8 @@
 """Repairing broken JSON while keeping the user's formatting and data: unambiguous rewrites
-first (quotes, Python literals, unquoted keys, comments), then the model for the spans
-tree-sitter-json marks broken, then deterministic structural fixes, and required keys from
-a JSON Schema. `json` is the judge of the result. Knows nothing of LSP or of the engine:
+first (quotes, Python literals, unquoted keys, comments), then the model for values
+missing after a key's colon (a plain literal or nothing), then deterministic structural
+fixes, and required keys from a JSON Schema. The model never adds elements or keys: a
+trailing comma is removed, never filled. `json` is the judge of the result. Knows nothing of LSP or of the engine:
 the model comes in as a `fill(prefix, suffix, max_tokens) -> list[str]` callable, asked a
 bounded number of times, and not at all past a size or nesting bound (the notes say so)."""
 
@@ -416,34 +417,51 @@ def _error_count(text: str) -> int:
     return SyntaxTree(text, "json").error_count()
 
 
+def _missing_values(text: str) -> list[int]:
+    """Offsets where tree-sitter-json marks a value MISSING right after a key's colon (past
+    the spaces after it): the one hole the rules cannot fill from the text, so the only one
+    the model is asked about."""
+    offsets = []
+    for start, end in _holes(text):
+        if start == end and text[:start].rstrip().endswith(":"):
+            offsets.append(start + len(text[start:]) - len(text[start:].lstrip(" \t")))
+    return offsets
+
+
+def _plain_literal(candidate: str) -> str | None:
+    """candidate as one JSON string, number, true, false or null on one line, or None."""
+    candidate = (candidate or "").strip().rstrip(",").strip()
+    if not candidate or "\n" in candidate:
+        return None
+    try:
+        value = json.loads(candidate)
+    except ValueError:
+        return None
+    return candidate if value is None or isinstance(value, (str, int, float, bool)) else None
+
+
 def _model_pass(text: str, fill: Fill, should_stop: StopPredicate | None) -> tuple[str, bool]:
-    """Let the model rewrite the broken spans, one at a time, keeping a rewrite only if it
-    keeps the span's data and leaves the document valid or with fewer errors."""
+    """Let the model write the values missing after a key's colon (`"a": ,`), at most
+    MAX_MODEL_HOLES of them, keeping a value only if it is a plain literal that leaves the
+    user's data as it was and the document with no more errors. Nothing else is the model's:
+    a trailing comma is removed, a missing comma or bracket added, by the rules, so a repair
+    never adds elements, keys or text the document did not have."""
     used = False
-    for _ in range(MAX_MODEL_HOLES):
+    # from the last hole to the first, so the offsets of the ones before hold
+    for offset in reversed(_missing_values(text)[:MAX_MODEL_HOLES]):
         if _stopped(should_stop):
             break
-        holes = _holes(text)
-        if not holes:
-            break
-        start, end = holes[0]
-        if start == end:
-            # A MISSING node sits right after the last good token: `"a":| ,` reads better
-            # filled as `"a": 1,`.
-            start = end = start + len(text[start:]) - len(text[start:].lstrip(" \t"))
-        hole = text[start:end]
-        prefix, suffix = text[:start], text[end:]
-        candidates = fill(prefix[-PREFIX_CHARS:], suffix[:SUFFIX_CHARS], 16 + len(hole) // 2) or []
+        prefix, suffix = text[:offset], text[offset:]
         errors = _error_count(text)
-        for candidate in candidates:
-            repaired = prefix + candidate + suffix
-            # the document too: `,0` with `1` for its comma would read `10`
-            keeps = _keeps_data(hole, candidate) and _keeps_data(text, repaired)
-            if keeps and (_valid(repaired) or _error_count(repaired) < errors):
+        for candidate in fill(prefix[-PREFIX_CHARS:], suffix[:SUFFIX_CHARS], 16) or []:
+            literal = _plain_literal(candidate)
+            if literal is None:
+                continue
+            repaired = prefix + literal + suffix
+            # the document too: a value that merges with the data beside it is refused
+            if _keeps_data(text, repaired) and (_valid(repaired) or _error_count(repaired) < errors):
                 text, used = repaired, True
                 break
-        else:
-            break
     return text, used
 
 
@@ -473,7 +491,7 @@ def repair_json(
         if not _valid(repaired) and fill is not None:
             repaired, used_model = _model_pass(repaired, fill, should_stop)
             if used_model:
-                notes.append("model rewrote broken spans")
+                notes.append("model wrote missing values")
         if not _valid(repaired):
             structural = _Fixer(repaired, structural=True)
             repaired = structural.run()

@@ -82,28 +82,42 @@ class Model:
 @pytest.mark.parametrize(
     "broken, answers, expected, used_model",
     [
-        # the model rewrites the broken span; first candidate that parses wins
-        ('{"a": 1 "b": 2}', [['"a": 1 "b"', '"a": 1,']], '{"a": 1, "b": 2}', True),
-        # a candidate that drops the user's data is refused: deterministic fix instead
-        ('{"a": 1 "b": 2}', [['"b": 1,']], '{"a": 1, "b": 2}', False),
-        # no candidates (no model loaded)
-        ('{"a": 1 "b": 2}', [None], '{"a": 1, "b": 2}', False),
-        # a candidate that merges with the data beside it (`[10]`) is refused
-        ("[,0]", [["1"]], "[0]", False),
-        # the model can do what rules cannot guess: a value, not null
+        # the model can do what rules cannot guess: a value after a key's colon, not null
         ('{"a": , "b": 2}', [["1"]], '{"a": 1, "b": 2}', True),
+        ('{"a":}', [['"x",']], '{"a":"x"}', True),
+        # only a plain literal: not an array, not more keys, not several lines
+        ('{"a": , "b": 2}', [["[1, 2]", '"x", "c": 3', '"x"\n"y"']], '{"a": null, "b": 2}', False),
+        # no candidates (no model loaded)
+        ('{"a": , "b": 2}', [None], '{"a": null, "b": 2}', False),
     ],
 )
-def test_model_fills_broken_spans(broken, answers, expected, used_model):
+def test_the_model_writes_only_values_missing_after_a_colon(broken, answers, expected, used_model):
     model = Model(*answers)
     result = repair_json(broken, fill=model)
     assert (result.text, result.used_model, result.valid) == (expected, used_model, True)
 
 
-def test_the_model_sees_the_text_around_the_hole():
-    model = Model(['"a": 1,'])
-    repair_json('{"a": 1 "b": 2}', fill=model)
-    assert model.calls == [("{", ' "b": 2}')]
+@pytest.mark.parametrize(
+    "broken, expected",
+    [
+        # a trailing comma is removed, never filled (the model once wrote `"b","bification "`)
+        ('["a", "b",]', '["a", "b"]'),
+        ('{"a": 1 "b": 2}', '{"a": 1, "b": 2}'),
+        ("[,0]", "[0]"),
+        ('{"a": [1, 2,], "b": {"c": 3,}}', '{"a": [1, 2], "b": {"c": 3}}'),
+        ('[1, 2', "[1, 2]"),
+    ],
+)
+def test_the_model_is_not_asked_what_the_rules_decide(broken, expected):
+    model = Model(['"bification ", ": "'], ["0"], ['"x"'])
+    result = repair_json(broken, fill=model)
+    assert (result.text, result.used_model, result.valid, model.calls) == (expected, False, True, [])
+
+
+def test_the_model_sees_the_text_around_the_missing_value():
+    model = Model(["1"])
+    repair_json('{"a": , "b": 2}', fill=model)
+    assert model.calls == [('{"a": ', ', "b": 2}')]
 
 
 def test_valid_json_does_not_call_the_model():
