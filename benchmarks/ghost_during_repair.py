@@ -4,7 +4,7 @@ never a timed test:
     python -m benchmarks.ghost_during_repair [--model DIR] [--requests 10] [--rows 16]
 
 Automatic inline completions at the end of a `return ` line, each on a new version of the
-document (so the type-through cache never answers): idle; while Repair Markdown table fills
+document (so the type-through cache never answers): idle; while Fill empty table cells (model) fills
 `--rows` empty cells the way the server runs it (on the action lane, one model call at a time at
 low priority); and while the same repair runs as one job on the model thread (the design before
 the lanes: ghost text waited for the whole repair).
@@ -19,7 +19,7 @@ import time
 
 from benchmarks.common import RESULTS, markdown, pct, write_result
 from dgemma_ls import actions
-from dgemma_ls.service import REPAIR_MARKDOWN, Change, CompletionService
+from dgemma_ls.service import FILL_TABLE_CELLS, Change, CompletionService
 
 CODE = "def area(width, height):\n    return \n"
 CURSOR = (1, len("    return "))
@@ -54,10 +54,10 @@ async def run(args) -> dict:
 
     cases = {"idle": [await ghost() for _ in range(args.requests)]}
     cases["during a repair on the action lane"] = await during(
-        asyncio.ensure_future(service.execute(REPAIR_MARKDOWN, [{"uri": "file:///bench/table.md"}]))
+        asyncio.ensure_future(service.execute(FILL_TABLE_CELLS, [{"uri": "file:///bench/table.md"}]))
     )
     whole = functools.partial(actions.repair_markdown_text, text=sparse_table(args.rows), start=None, end=None,
-                              settings=service.settings, should_stop=lambda: False)
+                              settings=service.settings, should_stop=lambda: False, fill_cells=True)
     cases["during a repair as one model-thread job"] = await during(
         asyncio.wrap_future(service.worker.run(whole, lambda: False, needs_engine=False))
     )
@@ -74,7 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     cases = asyncio.run(run(args))
     table = {
-        "title": f"Automatic inline completion through the service while Repair Markdown table fills {args.rows} cells",
+        "title": "Automatic inline completion through the service while Fill empty table cells (model) "
+        f"fills {args.rows} cells",
         "header": ["case", "requests", "ms p50", "ms p95"],
         "rows": [[name, len(ms), f"{pct(ms, 0.5):.0f}", f"{pct(ms, 0.95):.0f}"] for name, ms in cases.items()],
     }

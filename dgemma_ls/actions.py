@@ -272,10 +272,14 @@ def repair_markdown_text(
     end: int | None,
     settings: Settings,
     should_stop: StopPredicate,
+    fill_cells: bool = False,
 ) -> Result:
+    """The tables touching [start, end] repaired: structurally only (no model call, no cell
+    gets content it did not have), or, with fill_cells, their empty cells written by the model
+    too ("Fill empty table cells (model)")."""
     started = time.perf_counter()
     usage = Usage()
-    fill = model_fill(backend, settings, should_stop, usage)
+    fill = model_fill(backend, settings, should_stop, usage) if fill_cells else None
     repaired = repair_markdown.repair_tables(text, fill=fill, start=start, end=end, should_stop=should_stop)
     usage.ms = usage.ms or (time.perf_counter() - started) * 1000
     return Result(_edits(text, repaired.text), usage)
@@ -320,6 +324,17 @@ def json_schema(text: str, uri: str) -> dict | None:
         return _schemas[key]
     except (OSError, ValueError):
         return None
+
+
+def tables_with_empty_cells(text: str) -> list[tuple[int, int]]:
+    """Spans of the Markdown tables with empty cells in the header's columns, no more than the
+    model fills in one go (repair_markdown.MAX_FILL_CELLS)."""
+    spans = []
+    for table in repair_markdown.find_tables(text):
+        empty = repair_markdown.repair_table(text[table.start : table.end]).empty_cells
+        if 0 < empty <= repair_markdown.MAX_FILL_CELLS:
+            spans.append((table.start, table.end))
+    return spans
 
 
 def tables_needing_repair(text: str) -> list[tuple[int, int]]:

@@ -1,9 +1,11 @@
 """Finding and repairing Markdown pipe tables: every row gets the header's column count
 (a row with more cells widens the header, no cell with text is dropped), the delimiter row
-is added or fixed with its alignment markers kept, empty cells can be filled by the model,
-and pipes are aligned by display width. Knows nothing of LSP or of the engine: the model
-comes in as a `fill(prefix, suffix, max_tokens) -> list[str]` callable, asked about a bounded
-number of cells, each with the cell's neighbourhood (header and nearby rows) as its prompt."""
+is added or fixed with its alignment markers kept, and pipes are aligned by display width.
+Without a `fill` that repair is structural and deterministic: it never writes a cell's
+content. Only when a caller passes a `fill(prefix, suffix, max_tokens) -> list[str]`
+callable (the separate "Fill empty table cells (model)" action) does the model write the
+empty cells of the header's columns, a bounded number of them, each with the cell's
+neighbourhood (header and nearby rows) as its prompt. Knows nothing of LSP or the engine."""
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class TableRepair:
     text: str
     notes: list[str] = field(default_factory=list)
     used_model: bool = False
+    empty_cells: int = 0  # empty cells of the header's own columns, before any fill
 
 
 def display_width(text: str) -> int:
@@ -233,9 +236,10 @@ def repair_table(
     text_of_table: str, fill: Fill | None = None, should_stop: StopPredicate | None = None, first_line: int = 1
 ) -> TableRepair:
     """One table, repaired and aligned. The line break style and a final line break are
-    kept; so is the indentation of the first row. The model fills empty cells of the
-    header's own columns, at most MAX_FILL_CELLS of them; columns that exist only because a
-    row has more cells than the header are a malformed row, kept and never filled.
+    kept; so is the indentation of the first row. Without `fill` no cell gets content it did
+    not have. With it the model fills empty cells of the header's own columns, at most
+    MAX_FILL_CELLS of them; columns that exist only because a row has more cells than the
+    header are a malformed row, kept and never filled.
     `first_line` (1-based) is the table's line in its document, for the notes."""
     newline = "\r\n" if "\r\n" in text_of_table else "\n"
     stripped = text_of_table.rstrip("\r\n")
@@ -267,6 +271,7 @@ def repair_table(
     columns = max([own] + [_used(row) for row in body] + [1])
     fillable = [(0, c) for c in range(len(header)) if not header[c]] if header else []
     fillable += [(r, c) for r, row in enumerate(body, 1) for c in range(own) if c >= len(row) or not row[c]]
+    repair.empty_cells = len(fillable)
     header = header + [""] * (columns - len(header))
     body = [row[:columns] + [""] * (columns - len(row)) for row in body]
     alignments = [_alignment(cell) for cell in delimiter][:columns]
@@ -313,4 +318,5 @@ def repair_tables(
         result.text = result.text[: table.start] + repair.text + result.text[table.end :]
         result.notes[:0] = repair.notes
         result.used_model = result.used_model or repair.used_model
+        result.empty_cells += repair.empty_cells
     return result

@@ -32,6 +32,7 @@ from pygls.protocol.language_server import lsp_method
 from dgemma_ls import framing, service
 from dgemma_ls.service import (
     FILL,
+    FILL_TABLE_CELLS,
     REPAIR_JSON,
     REPAIR_MARKDOWN,
     CompletionService,
@@ -494,5 +495,9 @@ def build_server(cli_model: str | None = None, cli_quantize: str = "none", cli_b
     @server.command(REPAIR_MARKDOWN)
     async def repair_markdown(ls: DgemmaServer, *args):
         return await ls.execute(REPAIR_MARKDOWN, args)
+
+    @server.command(FILL_TABLE_CELLS)
+    async def fill_table_cells(ls: DgemmaServer, *args):
+        return await ls.execute(FILL_TABLE_CELLS, args)
 
     return server

@@ -34,7 +34,8 @@ from engine import Cancelled, EngineError, set_threads
 log = logging.getLogger(__name__)
 
 FILL, REPAIR_JSON, REPAIR_MARKDOWN = "dgemma.fill", "dgemma.repairJson", "dgemma.repairMarkdownTables"
-ACTIONS = (FILL, REPAIR_JSON, REPAIR_MARKDOWN)
+FILL_TABLE_CELLS = "dgemma.fillTableCells"  # the model writes empty cells; the repair above never does
+ACTIONS = (FILL, REPAIR_JSON, REPAIR_MARKDOWN, FILL_TABLE_CELLS)
 INVOKED_CANDIDATES = 3
 
 Position = tuple[int, int]  # (line, character) in the document's position encoding
@@ -593,6 +594,12 @@ class CompletionService:
                     row = doc.position_at(target.start)[0] + 1
                     title = f"Fill in the middle ({target.kind.replace('_', ' ')}, line {row})"
                 offer(title, False, FILL, Hole(target.start, target.end, target.scope), blocked)
+            if doc.language == "markdown":
+                empty = doc.memo("empty cells", lambda: actions.tables_with_empty_cells(doc.text))
+                for table_start, table_end in empty:
+                    if table_end >= low and table_start <= high:
+                        title = f"Fill empty table cells (model) (line {doc.position_at(table_start)[0] + 1})"
+                        offer(title, False, FILL_TABLE_CELLS, Hole(table_start, table_end), blocked)
         if repairs:
             if doc.language == "json":
                 schema = actions.json_schema(doc.text, doc.uri)
@@ -685,18 +692,21 @@ class CompletionService:
                 actions.repair_json_text, text=text, settings=settings, should_stop=ticket.should_stop,
                 schema=actions.json_schema(text, doc.uri),
             )
-        elif action == REPAIR_MARKDOWN:
+        elif action in (REPAIR_MARKDOWN, FILL_TABLE_CELLS):
+            if action == FILL_TABLE_CELLS and (reason := self.block_reason(doc)):
+                raise Failed(f"dgemma: cannot fill table cells: {reason}")
             start, end = (hole.start, hole.end) if hole else (None, None)
             job = functools.partial(
                 actions.repair_markdown_text, text=text, start=start, end=end, settings=settings,
-                should_stop=ticket.should_stop,
+                should_stop=ticket.should_stop, fill_cells=action == FILL_TABLE_CELLS,
             )
         else:
             raise InvalidArguments(f"dgemma: unknown action {action!r}")
         started = time.perf_counter()
         try:  # the repairs work without a model too, only less well
             result: Result | None = await self._run(
-                ticket, job, f"{action} on {doc.uri} (version {version})", needs_engine=action == FILL, lane=True
+                ticket, job, f"{action} on {doc.uri} (version {version})",
+                needs_engine=action in (FILL, FILL_TABLE_CELLS), lane=True,
             )
         except Cancelled:
             result = None

@@ -65,6 +65,21 @@ class Model:
         return self.answers.pop(0) if self.answers else []
 
 
+def test_without_a_fill_the_repair_writes_no_content_and_counts_the_empty_cells():
+    source = "|a||\n|1|\n|2|3|4|\n| |5|\n"
+    repair = repair_table(source)
+    assert repair.text == (
+        "| a   |     |     |\n"
+        "| --- | --- | --- |\n"
+        "| 1   |     |     |\n"
+        "| 2   | 3   | 4   |\n"
+        "|     | 5   |     |\n"
+    )
+    # the header's empty cell, row 1's missing one, row 3's first; never column 3 (a long row's)
+    assert (repair.empty_cells, repair.used_model) == (3, False)
+    assert repair_tables("# T\n\n" + source).empty_cells == 3
+
+
 def test_empty_cells_are_filled_by_the_model_in_reading_order():
     model = Model(["qty"], ["3 | 4", "x"], ["\n", "too | "], ["fig\nmore"])
     table = "| name | |\n|---|---|\n| apple | |\n| pear | |\n|  | 2 |\n"

@@ -83,6 +83,14 @@ async def test_repair_json_gives_loadable_json_with_the_data_kept(client):
     assert json.loads(after) == {"name": "dgemma", "items": [1, 2, 3], "ok": True}
 
 
+async def test_repair_json_removes_a_trailing_comma_and_adds_nothing(client):
+    # the tiny random model writes junk: once it filled the comma's slot (`"b","bification "`)
+    text = '["a", "b",]\n'
+    doc = Doc(client, text, "json", ".json")
+    [action] = titled(await actions_at(client, doc, 0), "Repair JSON")
+    assert doc.applied(await resolved_edits(client, doc, action)) == '["a", "b"]\n'
+
+
 async def test_valid_json_offers_no_repair(client):
     doc = Doc(client, '{"a": [1, 2]}\n', "json", ".json")
     assert titled(await actions_at(client, doc, 0), "Repair JSON") == []
@@ -100,6 +108,36 @@ async def test_repair_markdown_table_aligns_it_and_keeps_every_cell(client):
     assert len({len(row) for row in rows}) == 1, f"rows not aligned:\n{after}"
     cells = {cell.strip() for row in rows for cell in row.strip("|").split("|")}
     assert {"Name", "Value", "alpha", "1", "b", "22222", "extra"} <= cells
+
+
+def table_cells(text: str) -> list[str]:
+    rows = [line.strip() for line in text.split("\n") if line.strip().startswith("|")]
+    cells = [cell.strip() for row in rows for cell in row.strip("|").split("|")]
+    return sorted(cell for cell in cells if cell and set(cell) - set("-:"))
+
+
+async def test_repair_markdown_table_writes_no_content_and_the_fill_is_its_own_action(client):
+    # misaligned, a short row, an empty cell, a long row: the tiny model would write junk
+    table = "| Name | Value |\n|---|--:|\n| alpha | |\n| b |\n| c | 3 | extra |\n"
+    text = "# Results\n\n" + table + "\nDone.\n"
+    doc = Doc(client, text, "markdown", ".md")
+    offered = await actions_at(client, doc, text.index("alpha"))
+    [repair] = titled(offered, "Repair Markdown table")
+    [fill] = titled(offered, "Fill empty table cells (model)")
+    assert repair.kind == types.CodeActionKind.QuickFix and fill.kind == types.CodeActionKind.RefactorRewrite
+    repaired = doc.applied(await resolved_edits(client, doc, repair))
+    assert table_cells(repaired) == table_cells(text)  # every cell kept, none invented
+    again = doc.applied(await resolved_edits(client, doc, repair))
+    assert again == repaired  # deterministic
+    rows = [line for line in repaired.split("\n") if line.startswith("|")]
+    assert len({len(row) for row in rows}) == 1, f"rows not aligned:\n{repaired}"
+
+
+async def test_a_table_without_empty_cells_offers_no_model_fill(client):
+    text = "| a | b |\n|---|---|\n| 1 | 2 |\n"
+    doc = Doc(client, text, "markdown", ".md")
+    offered = await actions_at(client, doc, 2)
+    assert titled(offered, "Repair Markdown table") and not titled(offered, "Fill empty table cells")
 
 
 async def test_aligned_markdown_table_offers_no_repair(client):

@@ -89,6 +89,24 @@ async def test_repair_markdown_tables_command(client):
     assert len(rows) == 3 and len({len(row) for row in rows}) == 1
 
 
+async def test_repair_json_asks_the_model_nothing_for_a_trailing_comma(client):
+    # the tiny random model writes junk: once it filled the comma's slot (`"b","bification "`)
+    doc = Doc(client, '["a", "b",]\n', "json", ".json")
+    result = await execute(client, "dgemma.repairJson", uri=doc.uri)
+    assert doc.applied(text_edits(result)) == '["a", "b"]\n' and result["metadata"]["steps"] == 0
+
+
+async def test_the_table_repair_asks_the_model_nothing_and_the_fill_does(client):
+    text = "| x | long header |\n|-|-|\n| 1 | |\n| 2 |\n"
+    doc = Doc(client, text, "markdown", ".md")
+    repaired = await execute(client, "dgemma.repairMarkdownTables", uri=doc.uri)
+    assert repaired["metadata"]["steps"] == 0
+    assert doc.applied(text_edits(repaired)).split("\n") == [
+        "| x   | long header |", "| --- | ----------- |", "| 1   |             |", "| 2   |             |", ""]
+    filled = await execute(client, "dgemma.fillTableCells", uri=doc.uri)
+    check_shape(filled, 1, model_calls=True)
+
+
 async def test_a_stale_version_is_an_error_naming_both_versions(client):
     doc = Doc(client, CODE)
     doc.edit(0, 0, "# header\n")

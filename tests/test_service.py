@@ -11,7 +11,7 @@ import time
 import pytest
 import pytest_asyncio
 
-from dgemma_ls.service import REPAIR_MARKDOWN, Change, CompletionService, Reporter, Stale
+from dgemma_ls.service import FILL_TABLE_CELLS, Change, CompletionService, Reporter, Stale
 from lsp_support import FAST
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -154,7 +154,7 @@ async def test_a_closed_document_gets_no_completion(service):
 
 
 def sparse_table(rows: int) -> str:
-    """A table whose every row misses its last cell: each one is a model call of the repair."""
+    """A table whose every row misses its last cell: each one is a model call of the fill."""
     body = "".join(f"| item {i} | {i} |   |\n" for i in range(rows))
     return "| name | count | note |\n| --- | --- | --- |\n" + body
 
@@ -165,7 +165,7 @@ async def test_ghost_text_goes_between_the_model_calls_of_a_long_repair_and_canc
     code = open_doc(service)
     spy = Spy(service.worker.engine)
     try:
-        repair = asyncio.ensure_future(service.execute(REPAIR_MARKDOWN, [{"uri": table}]))
+        repair = asyncio.ensure_future(service.execute(FILL_TABLE_CELLS, [{"uri": table}]))
         await until(spy.started.is_set, "the repair's first model call")
         ghost = await service.complete(code, CURSOR, automatic=True)
         assert not repair.done(), "the repair finished first: the table is too small to test ordering"
@@ -191,7 +191,7 @@ async def test_a_repair_made_stale_by_an_edit_is_refused(service, settings):
     table = open_doc(service, sparse_table(4), "markdown", ".md")
     spy = Spy(service.worker.engine)
     try:
-        repair = asyncio.ensure_future(service.execute(REPAIR_MARKDOWN, [{"uri": table}]))
+        repair = asyncio.ensure_future(service.execute(FILL_TABLE_CELLS, [{"uri": table}]))
         await until(spy.started.is_set, "the repair's first model call")
         service.change(table, 2, [Change("x", (0, 0), (0, 0))])
         with pytest.raises(Stale):
