@@ -827,7 +827,7 @@ async def latency_under_load(server: Server, rng: random.Random, count: int, tim
             response = await (
                 await server.request(
                     "workspace/executeCommand",
-                    {"command": "dgemma.repairMarkdownTables", "arguments": [{"uri": table_uri, "version": 1}]},
+                    {"command": "dgemma.fillTableCells", "arguments": [{"uri": table_uri, "version": 1}]},
                 )
             )
             if response is None:
@@ -846,7 +846,7 @@ async def latency_under_load(server: Server, rng: random.Random, count: int, tim
     await asyncio.wait_for(loop, timeout)
 
     # a repair cancelled with $/cancelRequest: how soon is the next completion answered?
-    repair = {"command": "dgemma.repairMarkdownTables", "arguments": [{"uri": table_uri, "version": 1}]}
+    repair = {"command": "dgemma.fillTableCells", "arguments": [{"uri": table_uri, "version": 1}]}
     future = await server.request("workspace/executeCommand", repair)
     repair_id = server.next_id
     await asyncio.sleep(0.3)

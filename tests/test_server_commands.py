@@ -1,4 +1,4 @@
-"""workspace/executeCommand for scripts: dgemma.fill / repairJson / repairMarkdownTables return
+"""workspace/executeCommand for scripts: dgemma.fill / repairJson / repairMarkdownTables / fillTableCells return
 {version, edits: [{range, newText}], metadata: {steps, tokensPerForward, ms, model}}, and a
 stale version or an unknown document gets a clear error, not a wrong edit."""
 
