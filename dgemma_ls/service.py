@@ -292,7 +292,8 @@ class CompletionService:
             progress("end", superseded, None)
             return
         except Exception as error:
-            message = f"dgemma: could not load {what}: {error}"
+            detail = str(error)  # a checkpoint error names its path already: say it once
+            message = f"dgemma: could not load {'the model' if str(what) in detail else what}: {detail}"
             self.reporter.show(logging.ERROR, message)
             self.reporter.log(logging.ERROR, message)
             progress("end", "failed", None)
