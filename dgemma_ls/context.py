@@ -346,6 +346,9 @@ def _extra_block(snippets: Sequence[Snippet], language: str, budget: int, count_
     return "".join(blocks)
 
 
+MAX_TOKEN_CHARS = 16  # characters per token at most, for cutting a huge line to its token budget
+
+
 def build_context(
     tree: SyntaxTree,
     cursor: int,
@@ -377,12 +380,17 @@ def build_context(
     line_suffix = line_rest.rstrip("\n")
 
     ancestors = list(tree.ancestors(cursor)) if tree.tree is not None else []
+    # one line can be huge (minified code, a 1 MB literal): the model sees at most a budget's
+    # worth of it (no token is longer than MAX_TOKEN_CHARS); before this, a 1 MB line went whole
+    # into the prompt and the encoder stalled on it for minutes
+    head = line_prefix[-prefix_budget * MAX_TOKEN_CHARS:]
+    tail = line_rest[: suffix_budget * MAX_TOKEN_CHARS]
     before, first_row = _prefix_window(
-        tree, lines, row, prefix_budget - count_tokens(line_prefix), ancestors
+        tree, lines, row, prefix_budget - count_tokens(head), ancestors
     )
-    after = _suffix_window(lines, row, suffix_budget - count_tokens(line_rest), ancestors)
-    prefix = _extra_block(extra, tree.language, extra_budget, count_tokens) + before + line_prefix
-    suffix = line_rest + after
+    after = _suffix_window(lines, row, suffix_budget - count_tokens(tail), ancestors)
+    prefix = _extra_block(extra, tree.language, extra_budget, count_tokens) + before + head
+    suffix = tail + after
 
     unit = indent_unit(text, tree.language)
     detected, indent, outer_indent = _scope_and_indent(tree, lines, row, line_prefix, line_suffix, unit)

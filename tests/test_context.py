@@ -215,3 +215,14 @@ def test_recent_chunks_cut_long_chunks():
 def test_chunk_around():
     text = "\n".join(str(i) for i in range(10))
     assert chunk_around(text, text.index("5"), lines=4) == "3\n4\n5\n6"
+
+
+def test_a_huge_line_is_cut_to_the_token_budget():
+    from dgemma_ls.context import MAX_TOKEN_CHARS, build_context
+    from dgemma_ls.syntax import SyntaxTree
+
+    text = "x = '" + "a" * 1_000_000 + "'\n"
+    ctx = build_context(SyntaxTree(text, "python"), 500_000, count_tokens=lambda s: len(s) // 4,
+                        prefix_budget=1024, suffix_budget=256)
+    assert text[:500_000].endswith(ctx.prefix) and len(ctx.prefix) == 1024 * MAX_TOKEN_CHARS
+    assert text[500_000:].startswith(ctx.suffix) and len(ctx.suffix) == 256 * MAX_TOKEN_CHARS
