@@ -41,8 +41,7 @@ from ..config import GenerationConfig
 from ..gemma3 import apply_adapter, delta_targets, frozen_by_mapping
 from ..model import DiffusionGemma
 from ..tokenizer import Tokenizer
-from .corpus import iter_documents
-from .train import run_encoder
+from .train import Rows, run_encoder  # Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
 
 log = logging.getLogger("dgemma.adapt")
 
@@ -134,30 +133,6 @@ def adapter_tensors(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> 
 
 
 # ---- data ---------------------------------------------------------------------------------------
-
-
-class Rows:
-    """Endless rows of bos + seq_len tokens, documents separated by eos; resumable by document index."""
-
-    def __init__(self, corpus: str, tok: Tokenizer, seq_len: int, doc_index: int, split: str = "train"):
-        self.corpus, self.tok, self.seq_len, self.doc_index, self.split = corpus, tok, seq_len, doc_index, split
-        self._buffer: list[int] = []
-        self._docs = self._documents()
-
-    def _documents(self):
-        while True:
-            for i, doc in enumerate(iter_documents(self.corpus, self.split)):
-                if i < self.doc_index:
-                    continue
-                self.doc_index = i + 1
-                yield doc["text"]
-            self.doc_index = 0
-
-    def next_row(self) -> list[int]:
-        while len(self._buffer) < self.seq_len:
-            self._buffer += self.tok.encode(next(self._docs)) + self.tok.eos_ids[:1]
-        row, self._buffer = self._buffer[: self.seq_len], self._buffer[self.seq_len:]
-        return [self.tok.bos_id] + row
 
 
 @dataclass
