@@ -41,7 +41,7 @@ from ..config import GenerationConfig
 from ..gemma3 import apply_adapter, delta_targets, frozen_by_mapping
 from ..model import DiffusionGemma
 from ..tokenizer import Tokenizer
-from .train import Rows, run_encoder  # Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
+from .train import Rows, adam_tensors, run_encoder  # Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
 
 log = logging.getLogger("dgemma.adapt")
 
@@ -125,11 +125,14 @@ def dense_trainables(model: DiffusionGemma) -> dict[str, nn.Parameter]:
     return out
 
 
+def trained_parameters(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, nn.Parameter]:
+    """Every trained tensor by its adapter name: `<target>.lora_A/B` and the dense ones."""
+    return {**{f"{n}.lora_A": d.A for n, d in deltas.items()}, **{f"{n}.lora_B": d.B for n, d in deltas.items()},
+            **dense_trainables(model)}
+
+
 def adapter_tensors(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, torch.Tensor]:
-    tensors = {f"{n}.lora_A": d.A.detach() for n, d in deltas.items()}
-    tensors.update({f"{n}.lora_B": d.B.detach() for n, d in deltas.items()})
-    tensors.update({n: p.detach() for n, p in dense_trainables(model).items()})
-    return {k: v.contiguous() for k, v in tensors.items()}
+    return {k: v.detach().contiguous() for k, v in trained_parameters(model, deltas).items()}
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -337,30 +340,19 @@ def build(ac: AdaptConfig):
 
 def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig):
     out.mkdir(parents=True, exist_ok=True)
-    tensors = adapter_tensors(model, deltas)
-    params = {**{f"{n}.lora_A": d.A for n, d in deltas.items()}, **{f"{n}.lora_B": d.B for n, d in deltas.items()},
-              **dense_trainables(model)}
-    for name, p in params.items():
-        st = optimizer.state.get(p)
-        if st:
-            tensors[f"adam.{name}.exp_avg"] = st["exp_avg"].contiguous()
-            tensors[f"adam.{name}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-            state["adam_step"] = float(st["step"])
+    weights = adapter_tensors(model, deltas)
     tmp = out / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
+    save_file({**weights, **adam_tensors(optimizer, trained_parameters(model, deltas), state)}, str(tmp))
     tmp.replace(out / "state.safetensors")
-    adapter = {k: v.to(torch.bfloat16) if k.endswith(("lora_A", "lora_B")) else v
-               for k, v in adapter_tensors(model, deltas).items()}
+    adapter = {k: v.to(torch.bfloat16) if k.endswith(("lora_A", "lora_B")) else v for k, v in weights.items()}
     save_file(adapter, str(out / "adapter.safetensors.tmp"), metadata={"rank": str(ac.rank)})
     (out / "adapter.safetensors.tmp").replace(out / "adapter.safetensors")
     (out / "state.json").write_text(json.dumps({"config": asdict(ac), **state}, indent=2))
 
 
 def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer=None, adam_step: float = 0.0):
-    params = {**{f"{n}.lora_A": d.A for n, d in deltas.items()}, **{f"{n}.lora_B": d.B for n, d in deltas.items()},
-              **dense_trainables(model)}
     with torch.no_grad():
-        for name, p in params.items():
+        for name, p in trained_parameters(model, deltas).items():
             p.copy_(tensors[name].to(p.dtype))
             if optimizer is not None and f"adam.{name}.exp_avg" in tensors:
                 optimizer.state[p] = {"step": torch.tensor(adam_step), "exp_avg": tensors[f"adam.{name}.exp_avg"],

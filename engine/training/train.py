@@ -290,16 +290,24 @@ def lr_at(step: int, tc: TrainConfig, rewarm_from: int | None = None) -> float:
     return lr
 
 
-def save_state(out: Path, model, optimizer, state: dict, tc: TrainConfig):
-    """Resumable state without pickle: weights + Adam moments as safetensors, counters as JSON."""
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
+def adam_tensors(optimizer, params: dict[str, torch.Tensor], state: dict) -> dict[str, torch.Tensor]:
+    """AdamW's moments of the named parameters as `adam.<name>.exp_avg(_sq)` tensors; records the
+    step count in `state["adam_step"]`."""
+    tensors = {}
+    for n, p in params.items():
         st = optimizer.state.get(p)
         if st:
             tensors[f"adam.{n}.exp_avg"] = st["exp_avg"].contiguous()
             tensors[f"adam.{n}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
             state["adam_step"] = float(st["step"])
+    return tensors
+
+
+def save_state(out: Path, model, optimizer, state: dict, tc: TrainConfig):
+    """Resumable state without pickle: weights + Adam moments as safetensors, counters as JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
+    tensors.update(adam_tensors(optimizer, dict(model.named_parameters()), state))
     tmp = out / "train_state.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(out / "train_state.safetensors")
