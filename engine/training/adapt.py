@@ -66,6 +66,7 @@ class AdaptConfig:
     total_steps: int = 20_000
     weight_decay: float = 0.0
     plain_prob: float = 0.15
+    draft_prob: float = 0.4  # inline slots whose hole holds the encoder's own draft instead of noise
     max_middle: int = 48
     max_tail: int = 24
     max_head: int = 40
@@ -145,6 +146,7 @@ class Batch:
     targets: torch.Tensor  # (B, K * C) clean
     weight: torch.Tensor  # (B, K * C) loss weight (0: not scored)
     teacher_pos: torch.Tensor  # (B, K * C) encoder position whose next-token logits predict the target, -1: none
+    draft_pos: torch.Tensor  # (B, K * C) encoder position whose greedy next token seeds the canvas here, -1: none
     noised: torch.Tensor  # (B, K * C) positions holding a noise token (the only ones distilled)
     valid: torch.Tensor  # (B, K * C)
     attach: torch.Tensor  # (B, K)
@@ -152,6 +154,10 @@ class Batch:
 
 def delimiter_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
     return torch.tensor([any(d in tok.token_text(i).replace("▁", " ") for d in DELIMITERS) for i in range(vocab)])
+
+
+def newline_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
+    return torch.tensor(["\n" in tok.token_text(i) for i in range(vocab)])
 
 
 def middle_length(window: torch.Tensor, ac: AdaptConfig, delims: torch.Tensor, rng: random.Random) -> int:
@@ -168,13 +174,15 @@ def middle_length(window: torch.Tensor, ac: AdaptConfig, delims: torch.Tensor, r
 
 
 def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, eos: int, pad: int,
-               delims: torch.Tensor, rng: random.Random, gen: torch.Generator) -> Batch:
+               delims: torch.Tensor, rng: random.Random, gen: torch.Generator,
+               newlines: torch.Tensor | None = None) -> Batch:
     B, S, C, K = len(rows), ac.seq_len, ac.canvas, ac.slots
     tokens = torch.tensor(rows)  # (B, S + 1)
     canvas = torch.full((B, K * C), pad)
     targets = torch.full((B, K * C), pad)
     weight = torch.zeros(B, K * C)
     teacher = torch.full((B, K * C), -1)
+    drafted = torch.full((B, K * C), -1)
     noised = torch.zeros(B, K * C, dtype=torch.bool)
     valid = torch.zeros(B, K * C, dtype=torch.bool)
     attach = torch.zeros(B, K, dtype=torch.long)
@@ -187,12 +195,14 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
             s = min(s, S + 1 - 8)
             attach[b, k] = s
             if rng.random() < ac.plain_prob:  # continuation block: every position noised
+                inline = False
                 n = min(C, S + 1 - s)
                 clean = row[s: s + n]
                 known = torch.zeros(n, dtype=torch.bool)
                 tpos = torch.arange(s - 1, s - 1 + n)
                 w = torch.ones(n)
             else:
+                inline = True
                 a = min(rng.randint(0, ac.max_tail), S + 1 - s - 1)
                 h = s + a  # hole start in the row
                 m = min(middle_length(row[h: h + C], ac, delims, rng), S + 1 - h)
@@ -216,6 +226,20 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
                 tpos[a: a + m] = torch.arange(h - 1, h - 1 + m)
             n = len(clean)
             t = rng.random()
+            if inline and newlines is not None and rng.random() < ac.draft_prob:
+                # what Engine.draft seeds (GenerationConfig.encoder_draft): the encoder's greedy
+                # tokens from the hole's start to the first newline, then fillers; where the true
+                # middle is shorter the draft runs on over the suffix's text, which the decoder must
+                # turn into fillers by seeing the suffix. Teacher-forced here (losses() fills the
+                # argmax in); some of it renoised, as the engine renoises what a step does not accept.
+                span = row[h: h + hole]
+                ends = torch.nonzero(newlines[span]).flatten()
+                length = min(hole, int(ends[0]) + 1) if len(ends) else hole
+                length = min(length, S + 1 - h)
+                dpos = torch.full((n,), -1)
+                dpos[a: a + length] = torch.arange(h - 1, h - 1 + length)
+                drafted[b, lo: lo + n] = dpos
+                t *= 0.3
             noisy = torch.randint(0, vocab, (n,), generator=gen)
             replace = (torch.rand(n, generator=gen) < t) & ~known
             canvas[b, lo: lo + n] = torch.where(replace, noisy, clean)
@@ -223,8 +247,9 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
             targets[b, lo: lo + n] = clean
             weight[b, lo: lo + n] = w
             teacher[b, lo: lo + n] = tpos
+            drafted[b, lo: lo + n] = torch.where(replace, -1, drafted[b, lo: lo + n])
             valid[b, lo: lo + n] = True
-    return Batch(tokens, canvas, targets, weight, teacher, noised, valid, attach)
+    return Batch(tokens, canvas, targets, weight, teacher, drafted, noised, valid, attach)
 
 
 # ---- loss ---------------------------------------------------------------------------------------
@@ -274,6 +299,12 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         with torch.no_grad():
             hidden, enc_kv = run_encoder(model, ids)
             enc_kv = [(k.detach(), v.detach()) for k, v in enc_kv]
+    seeded = batch.draft_pos >= 0
+    if seeded.any():  # the draft slots' canvases: the encoder's own greedy tokens (teacher-forced)
+        with torch.no_grad():
+            rows = torch.arange(B)[:, None].expand_as(seeded)[seeded]
+            greedy = model.logits(hidden[rows, batch.draft_pos[seeded]].detach()).argmax(-1)
+        batch.canvas = batch.canvas.masked_scatter(seeded, greedy)
     w = batch.weight.reshape(-1)
     sel = w > 0  # logits only where a target is scored: the vocabulary is the costly part
     tpos = batch.teacher_pos.reshape(-1)[sel]
@@ -304,6 +335,12 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         out["loss"] = out["loss"] + ac.encoder_weight * ar
     middle = w[sel] == 1.0
     out["ce_middle"] = per_token[middle].mean().detach() if middle.any() else ce.detach()
+    drafted = seeded.reshape(-1)[sel] & middle
+    if drafted.any():  # how the decoder does on a draft, beside how good the draft was
+        target = batch.targets.reshape(-1)[sel][drafted]
+        out["ce_draft"] = per_token[drafted].mean().detach()
+        out["acc_draft"] = (logits[drafted].argmax(-1) == target).float().mean()
+        out["draft_right"] = (batch.canvas.reshape(-1)[sel][drafted] == target).float().mean()
     return out
 
 
@@ -390,12 +427,13 @@ def train(ac: AdaptConfig):
     gen = torch.Generator().manual_seed(ac.seed * 7 + state["step"])
     V = model.config.vocab_size
     delims = delimiter_mask(tok, V)
+    newlines = newline_mask(tok, V)
     t_start = last_save = window_t = time.time()
     window, ema = [], None
     while state["step"] < ac.total_steps:
         step = state["step"]
         batch = make_batch([rows.next_row() for _ in range(ac.batch)], ac, V, tok.filler_id, tok.eos_ids[0],
-                           tok.pad_id, delims, rng, gen)
+                           tok.pad_id, delims, rng, gen, newlines)
         f = lr_factor(step, ac, state.get("rewarm_from"))
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
@@ -412,7 +450,8 @@ def train(ac: AdaptConfig):
         ema = parts["ce_middle"].item() if ema is None else 0.98 * ema + 0.02 * parts["ce_middle"].item()
         if state["step"] % 10 == 0:
             now = time.time()
-            mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            mean = {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window)
+                    for k in dict.fromkeys(k for w in window for k in w)}
             log.info("step %d %s ema_ce_middle %.3f lr x%.3f %.1f s/step", state["step"],
                      " ".join(f"{k} {v:.3f}" for k, v in mean.items()), ema, f, (now - window_t) / len(window))
             window, window_t = [], now

@@ -1,0 +1,60 @@
+"""The adaptation trainer decodes its canvas slots as the engine decodes a canvas: the same
+logits for the same prompt and canvas (a mismatch would train the decoder on inputs it never
+sees at inference), and its draft slots hold the encoder's greedy tokens."""
+
+import random
+
+import torch
+
+from engine.checkpoint import load_model
+from engine.training.adapt import AdaptConfig, decode_slots, losses, make_batch
+from engine.model import KVCache
+from engine.training.tiny import write_tiny_checkpoint
+from engine.training.train import run_encoder
+
+
+def _model(tmp_path):
+    model, config, _, _ = load_model(write_tiny_checkpoint(tmp_path / "tiny", seed=0), dtype="float32")
+    return model.eval(), config
+
+
+def test_slots_decode_as_the_engine_decodes(tmp_path):
+    model, config = _model(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    S, C = 150, 12  # the prompt is longer than the sliding window (64): the window matters
+    row = torch.randint(3, config.vocab_size, (1, S), generator=g)
+    attach = torch.tensor([[5, 90, 140]])
+    canvas = torch.randint(3, config.vocab_size, (1, 3 * C), generator=g)
+    valid = torch.ones(1, 3 * C, dtype=torch.bool)
+    valid[0, 2 * C + 9:] = False  # the last slot is short: padded positions are invisible
+    with torch.no_grad():
+        _, enc_kv = run_encoder(model, row)
+        trained = model.logits(decode_slots(model, canvas, attach, valid, enc_kv, None))  # (3, C, V)
+        for k, start in enumerate(attach[0].tolist()):
+            n = int(valid[0, k * C:(k + 1) * C].sum())
+            cache = KVCache(config, 1, model.dtype, row.device)
+            model.encode(row[:, :start], cache)
+            engine = model.decoder_logits(canvas[:, k * C: k * C + n], model.decoder_context(cache, 1), start, None)
+            torch.testing.assert_close(trained[k, :n].float(), engine[0].float(), atol=2e-4, rtol=2e-4)
+
+
+def test_draft_slots_hold_the_encoders_greedy_tokens(tmp_path):
+    model, config = _model(tmp_path)
+    V = config.vocab_size
+    ac = AdaptConfig(seq_len=128, slots=4, canvas=32, max_middle=12, max_tail=6, max_head=8, plain_prob=0.0,
+                     draft_prob=1.0, distill_weight=0.0, encoder_weight=0.0)
+    g = torch.Generator().manual_seed(1)
+    row = [2] + torch.randint(3, V, (ac.seq_len,), generator=g).tolist()
+    newlines = torch.zeros(V, dtype=torch.bool)
+    newlines[7] = True
+    batch = make_batch([row], ac, V, 5, 1, 0, torch.zeros(V, dtype=torch.bool), random.Random(0), g, newlines)
+    seeded = batch.draft_pos >= 0
+    assert seeded.sum() > 4
+    assert not (seeded & batch.noised).any()  # a renoised draft position holds noise, not the draft
+    before = batch.canvas.clone()
+    with torch.no_grad():
+        losses(model, batch, ac, self_condition=False)
+        hidden, _ = run_encoder(model, batch.tokens[:, :-1])
+        greedy = model.logits(hidden[0]).argmax(-1)
+    assert torch.equal(batch.canvas[seeded], greedy[batch.draft_pos[seeded]])
+    assert torch.equal(batch.canvas[~seeded], before[~seeded])
