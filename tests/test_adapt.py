@@ -58,3 +58,22 @@ def test_draft_slots_hold_the_encoders_greedy_tokens(tmp_path):
         greedy = model.logits(hidden[0]).argmax(-1)
     assert torch.equal(batch.canvas[seeded], greedy[batch.draft_pos[seeded]])
     assert torch.equal(batch.canvas[~seeded], before[~seeded])
+
+
+def test_base_weights_switch_the_deltas_off(tmp_path):
+    from engine.training.adapt import add_deltas, base_weights
+
+    model, config = _model(tmp_path)
+    ids = torch.randint(3, config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before, _ = run_encoder(model, ids)
+        deltas = add_deltas(model, rank=4)
+        for d in deltas.values():
+            d.B.normal_()
+        adapted, _ = run_encoder(model, ids)
+        with base_weights(model):
+            base, _ = run_encoder(model, ids)
+        again, _ = run_encoder(model, ids)
+    assert not torch.allclose(adapted, before, atol=1e-3)
+    torch.testing.assert_close(base, before)
+    torch.testing.assert_close(again, adapted)
