@@ -55,17 +55,24 @@ class ModelWorker:
 
     def _serve(self) -> None:
         while not self._closing.is_set():
-            _, _, future, work = self._queue.get()
-            if future is None or not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(work())
-            except BaseException as error:  # the caller's future carries it; the thread lives on
-                future.set_exception(error)
+            # One call per job, so that nothing of it outlives its return: a job left in a local
+            # of this loop lived until the next job came, and with it the closure's document text
+            # and syntax tree (a 1.7 M-character file kept ~100 MB of native tree-sitter memory
+            # after its close, several hundred MB in all; docs/reliability.md).
+            self._run_one(*self._queue.get()[2:])
         while not self._queue.empty():  # closing: nobody waits forever on a job that never runs
             _, _, future, _ = self._queue.get_nowait()
             if future is not None:
                 future.cancel()
+
+    @staticmethod
+    def _run_one(future: Future | None, work: Callable[[], Any] | None) -> None:
+        if future is None or not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(work())
+        except BaseException as error:  # the caller's future carries it; the thread lives on
+            future.set_exception(error)
 
     def _submit(self, priority: int, work: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
