@@ -36,23 +36,38 @@ def similarity(engine: Engine, holes, *, hole: int, kind: str | None, seed: int,
     return out
 
 
-def sweep(engine: Engine, corpus, steps: list[int], contexts: list[int], only: str | None = None) -> Iterator[dict]:
-    """One row per hole set x (steps, context): mean edit similarity over holes and seeds, per
-    seed, and the paired difference against the set's first row with its standard error."""
+def sweep(engine: Engine, corpus, steps: list[int], contexts: list[int], only: str | None = None, *,
+          bounds: list[float | None] = (None,), drafts: list[bool | None] = (None,), holes_max: int | None = None,
+          seeds_max: int | None = None) -> Iterator[dict]:
+    """One row per hole set x (draft, entropy bound, context, steps): mean edit similarity over
+    holes and seeds, per seed, exact matches, and the paired difference against the set's first
+    row with its standard error. None keeps the checkpoint's own bound / `encoder_draft`;
+    `holes_max` / `seeds_max` take the first holes / seeds of a set (a quicker, noisier sweep)."""
+    own_draft = engine.generation.encoder_draft
     for name, (n, draw_seed, lines, hole, seeds, kind) in HOLE_SETS.items():
         if only not in (None, name):
             continue
+        n, seeds = min(n, holes_max or n), seeds[: seeds_max or len(seeds)]
         holes = [(h["prompt"], h["middle"], h["suffix"]) for h in heldout_holes(corpus, n, seed=draw_seed, lines=lines)]
         base = None
-        for context in contexts:
-            for step_count in steps:
-                runs = [similarity(engine, holes, hole=hole, kind=kind, seed=seed, steps=step_count,
-                                   context_tokens=context) for seed in seeds]
-                per_hole = [statistics.fmean(values) for values in zip(*runs)]
-                base = base or per_hole
-                diff = [a - b for a, b in zip(per_hole, base)]
-                yield {"holes": name, "n": len(holes), "seeds": len(seeds), "steps": step_count, "context": context,
-                       "edit_similarity": statistics.fmean(per_hole),
-                       "per_seed": [statistics.fmean(r) for r in runs],
-                       "vs_first": statistics.fmean(diff),
-                       "vs_first_se": statistics.stdev(diff) / len(diff) ** 0.5 if any(diff) else 0.0}
+        for draft in drafts:
+            engine.generation.encoder_draft = own_draft if draft is None else draft
+            try:
+                for bound in bounds:
+                    for context in contexts:
+                        for step_count in steps:
+                            runs = [similarity(engine, holes, hole=hole, kind=kind, seed=seed, steps=step_count,
+                                               context_tokens=context, entropy_bound=bound) for seed in seeds]
+                            per_hole = [statistics.fmean(values) for values in zip(*runs)]
+                            base = base or per_hole
+                            diff = [a - b for a, b in zip(per_hole, base)]
+                            yield {"holes": name, "n": len(holes), "seeds": len(seeds), "steps": step_count,
+                                   "context": context, "entropy_bound": engine._generation(None, bound).entropy_bound,
+                                   "encoder_draft": engine.generation.encoder_draft,
+                                   "edit_similarity": statistics.fmean(per_hole),
+                                   "exact": statistics.fmean(float(r == 1.0) for run in runs for r in run),
+                                   "per_seed": [statistics.fmean(r) for r in runs],
+                                   "vs_first": statistics.fmean(diff),
+                                   "vs_first_se": statistics.stdev(diff) / len(diff) ** 0.5 if any(diff) else 0.0}
+            finally:
+                engine.generation.encoder_draft = own_draft
