@@ -1,6 +1,7 @@
 """Resident memory of the real dgemma-ls before, while and after large documents are open
 (issue 16 item 9): five ~1.7 M-character Python files opened, edited 3 times, asked an inline
-completion and code actions (MODE=all|complete|action|none picks which), closed; 3 rounds.
+completion and code actions (MODE=all|complete|action|none picks which), closed; ROUNDS rounds
+(default 3).
 
     python -m benchmarks.lsp_memory [CHECKPOINT_DIR]     # default: a tiny random checkpoint
 """
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_reliability import RawServer
 
 MODE = os.environ.get("MODE", "all")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
 
 def rss_mb(pid: int) -> float:
@@ -41,7 +43,7 @@ def main() -> None:
     print(f"ready {ready:.0f} MB")
     big = "".join(f"def f{i}(a, b):\n    return [a, b, {i}]\n" for i in range(40000))
     here = {"start": {"line": 0, "character": 3}, "end": {"line": 0, "character": 3}}
-    for round_ in range(3):
+    for round_ in range(ROUNDS):
         for i in range(5):
             uri = f"file:///big{i}.py"
             server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,

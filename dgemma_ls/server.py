@@ -109,6 +109,18 @@ class DgemmaProtocol(LanguageServerProtocol):
         self._command_tasks[msg_id] = task
         task.add_done_callback(lambda _: self._command_tasks.pop(msg_id, None))
 
+    def _execute_handler(self, msg_id: Any, handler: Callable, callback: Callable, args=None, kwargs=None):
+        # pygls 2 files the future of every coroutine, thread and generator handler under msg_id in
+        # _request_futures, and only a request's answer takes it out again: each notification (a
+        # fresh uuid) and each inner step of a generator handler (our didOpen / didChange /
+        # didClose) left a finished Future there for good, one per keystroke (docs/reliability.md)
+        def forget(future: Any) -> None:
+            if self._request_futures.get(msg_id) is future:
+                del self._request_futures[msg_id]
+            callback(future)
+
+        super()._execute_handler(msg_id, handler, forget, args, kwargs)
+
     def _handle_cancel_notification(self, msg_id: Any):
         super()._handle_cancel_notification(msg_id)  # answers -32800 at once
         task = self._command_tasks.pop(msg_id, None)

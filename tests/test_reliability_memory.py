@@ -69,3 +69,23 @@ async def test_a_closed_document_leaves_no_text_or_tree_behind(service):
     service.close_document(uri)
     assert await released(refs) == []
 
+
+
+async def test_notifications_leave_no_future_behind():
+    """pygls 2 kept a finished Future for every notification its generator handlers ran (our
+    didOpen / didChange / didClose): one per keystroke, for as long as the server lived."""
+    from dgemma_ls.server import build_server
+
+    protocol = build_server(cli_model=None).protocol
+
+    def notify(method: str, params: dict) -> None:
+        protocol.handle_message(protocol.structure_message({"jsonrpc": "2.0", "method": method, "params": params}))
+
+    uri = "file:///memory/typed.py"
+    notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": ""}})
+    for version in range(2, 102):
+        at = {"line": 0, "character": version - 2}
+        notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                          "contentChanges": [{"range": {"start": at, "end": at}, "text": "x"}]})
+    notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+    assert protocol._request_futures == {}
