@@ -77,3 +77,21 @@ def test_base_weights_switch_the_deltas_off(tmp_path):
     assert not torch.allclose(adapted, before, atol=1e-3)
     torch.testing.assert_close(base, before)
     torch.testing.assert_close(again, adapted)
+
+
+def test_a_draft_slot_shows_fillers_past_the_draft(tmp_path):
+    """As at inference: the hole holds the draft (to its first newline), then fillers; the true
+    middle past the draft is a target, never an input."""
+    ac = AdaptConfig(seq_len=128, slots=4, canvas=32, max_middle=12, max_tail=6, max_head=8, plain_prob=0.0,
+                     draft_prob=1.0)
+    V, filler = 64, 5
+    g = torch.Generator().manual_seed(3)
+    row = [2] + [7 if i % 5 == 4 else t for i, t in enumerate(torch.randint(8, V, (ac.seq_len,), generator=g).tolist())]
+    newlines = torch.zeros(V, dtype=torch.bool)
+    newlines[7] = True  # token 7 ends a line: lines of 5 tokens
+    batch = make_batch([row], ac, V, filler, 1, 0, torch.zeros(V, dtype=torch.bool), random.Random(0), g, newlines)
+    hole = batch.weight > 0
+    past = hole & (batch.draft_pos < 0) & ~batch.noised
+    assert past.any()
+    assert (batch.canvas[past] == filler).all()
+    assert (batch.targets[past & (batch.weight == 1.0)] != filler).any()  # the middle went on past some drafts

@@ -244,6 +244,7 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
                 tpos = torch.full((n,), -1)
                 tpos[a: a + m] = torch.arange(h - 1, h - 1 + m)
             n = len(clean)
+            shown = clean
             t = rng.random()
             if inline and newlines is not None and rng.random() < ac.draft_prob:
                 # what Engine.draft seeds (GenerationConfig.encoder_draft): the encoder's greedy
@@ -258,10 +259,12 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
                 dpos = torch.full((n,), -1)
                 dpos[a: a + length] = torch.arange(h - 1, h - 1 + length)
                 drafted[b, lo: lo + n] = dpos
+                shown = clean.clone()  # past the draft the engine's hole holds fillers, not the true middle
+                shown[a + length: a + hole] = filler
                 t *= 0.3
             noisy = torch.randint(0, vocab, (n,), generator=gen)
             replace = (torch.rand(n, generator=gen) < t) & ~known
-            canvas[b, lo: lo + n] = torch.where(replace, noisy, clean)
+            canvas[b, lo: lo + n] = torch.where(replace, noisy, shown)
             noised[b, lo: lo + n] = replace
             targets[b, lo: lo + n] = clean
             weight[b, lo: lo + n] = w
