@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import time
 import weakref
 
@@ -89,3 +92,28 @@ async def test_notifications_leave_no_future_behind():
                                           "contentChanges": [{"range": {"start": at, "end": at}, "text": "x"}]})
     notify("textDocument/didClose", {"textDocument": {"uri": uri}})
     assert protocol._request_futures == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc; /proc")
+async def test_the_server_runs_on_the_system_allocator():
+    """Trees are freed into glibc's heap, which malloc_trim hands back, not into Python's arenas,
+    which one live object pins (use_system_malloc says what it measured); PYTHONMALLOC set by the
+    user is kept."""
+    for preset, expected in ((None, b"PYTHONMALLOC=malloc"), ("pymalloc", b"PYTHONMALLOC=pymalloc")):
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONMALLOC"}
+        if preset:
+            env["PYTHONMALLOC"] = preset
+        server = subprocess.Popen([sys.executable, "-m", "dgemma_ls"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 20
+            while True:  # the re-execution keeps the pid: its environment changes in place
+                variables = open(f"/proc/{server.pid}/environ", "rb").read().split(b"\0")  # noqa: SIM115
+                if expected in variables or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert expected in variables
+            assert sum(v.startswith(b"PYTHONMALLOC=") for v in variables) == 1
+        finally:
+            server.stdin.close()
+            server.wait(timeout=30)
