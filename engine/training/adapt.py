@@ -61,6 +61,7 @@ class AdaptConfig:
     rank: int = 32
     lr: float = 2e-4
     sc_lr: float = 1e-3
+    scalar_lr: float = 2e-2  # the decoder's layer scalars: decoder-only, so free to move fast (~O(10) is useful)
     min_lr_ratio: float = 0.1
     warmup: int = 40
     total_steps: int = 20_000
@@ -437,8 +438,11 @@ def train(ac: AdaptConfig):
     out = Path(ac.out)
     model, tok, deltas, dense = build(ac)
     lora = [q for d in deltas.values() for q in (d.A, d.B)]
+    scalars = [p for n, p in dense.items() if n.endswith("decoder_scalar")]
+    sc_block = [p for n, p in dense.items() if not n.endswith("decoder_scalar")]
     optimizer = torch.optim.AdamW([{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
-                                   {"params": list(dense.values()), "lr": ac.sc_lr, "base_lr": ac.sc_lr}],
+                                   {"params": sc_block, "lr": ac.sc_lr, "base_lr": ac.sc_lr},
+                                   {"params": scalars, "lr": ac.scalar_lr, "base_lr": ac.scalar_lr}],
                                   betas=(0.9, 0.98), weight_decay=ac.weight_decay)
     state = {"step": 0, "doc_index": ac.start_doc, "tokens": 0, "canvas_tokens": 0, "seconds": 0.0}
     if (out / "state.safetensors").exists():
