@@ -115,5 +115,5 @@ async def test_the_server_runs_on_the_system_allocator():
             assert expected in variables
             assert sum(v.startswith(b"PYTHONMALLOC=") for v in variables) == 1
         finally:
-            server.stdin.close()
+            server.kill()
             server.wait(timeout=30)
