@@ -349,6 +349,25 @@ def _extra_block(snippets: Sequence[Snippet], language: str, budget: int, count_
 MAX_TOKEN_CHARS = 16  # characters per token at most, for cutting a huge line to its token budget
 
 
+def cut_to_tokens(text: str, budget: int, count_tokens: Callable[[str], int], *, keep_end: bool) -> str:
+    """The longest end (keep_end) or start of `text` within `budget` tokens, first cut to
+    `budget * MAX_TOKEN_CHARS` characters (no token is longer), then by a binary search on the
+    length when the text is denser than that (one character a token: minified code, binary junk)."""
+    text = text[-budget * MAX_TOKEN_CHARS:] if keep_end else text[: budget * MAX_TOKEN_CHARS]
+    if budget <= 0:
+        return ""
+    if count_tokens(text) <= budget:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(text[len(text) - mid:] if keep_end else text[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[len(text) - lo:] if keep_end else text[:lo]
+
+
 def build_context(
     tree: SyntaxTree,
     cursor: int,
@@ -381,10 +400,10 @@ def build_context(
 
     ancestors = list(tree.ancestors(cursor)) if tree.tree is not None else []
     # one line can be huge (minified code, a 1 MB literal): the model sees at most a budget's
-    # worth of it (no token is longer than MAX_TOKEN_CHARS); before this, a 1 MB line went whole
-    # into the prompt and the encoder stalled on it for minutes
-    head = line_prefix[-prefix_budget * MAX_TOKEN_CHARS:]
-    tail = line_rest[: suffix_budget * MAX_TOKEN_CHARS]
+    # worth of it; before this, a 1 MB line went whole into the prompt and the encoder stalled on
+    # it for minutes, and a cut by characters alone still gave a dense line 16x its budget in tokens
+    head = cut_to_tokens(line_prefix, prefix_budget, count_tokens, keep_end=True)
+    tail = cut_to_tokens(line_rest, suffix_budget, count_tokens, keep_end=False)
     before, first_row = _prefix_window(
         tree, lines, row, prefix_budget - count_tokens(head), ancestors
     )

@@ -224,5 +224,19 @@ def test_a_huge_line_is_cut_to_the_token_budget():
     text = "x = '" + "a" * 1_000_000 + "'\n"
     ctx = build_context(SyntaxTree(text, "python"), 500_000, count_tokens=lambda s: len(s) // 4,
                         prefix_budget=1024, suffix_budget=256)
-    assert text[:500_000].endswith(ctx.prefix) and len(ctx.prefix) == 1024 * MAX_TOKEN_CHARS
-    assert text[500_000:].startswith(ctx.suffix) and len(ctx.suffix) == 256 * MAX_TOKEN_CHARS
+    assert text[:500_000].endswith(ctx.prefix) and len(ctx.prefix) // 4 == 1024  # the whole budget, no more
+    assert text[500_000:].startswith(ctx.suffix) and len(ctx.suffix) // 4 == 256
+    assert len(ctx.prefix) < 1024 * MAX_TOKEN_CHARS
+
+
+def test_a_dense_huge_line_is_cut_to_the_token_budget_in_tokens():
+    """One character a token (binary junk, minified code through a small vocabulary): the cut by
+    characters alone left 16x the budget in tokens (16,384 prompt tokens for a 1,024 budget)."""
+    from dgemma_ls.context import build_context
+    from dgemma_ls.syntax import SyntaxTree
+
+    text = "x = '" + "\x01" * 1_000_000 + "'\n"
+    ctx = build_context(SyntaxTree(text, "python"), 500_000, count_tokens=len, prefix_budget=1024,
+                        suffix_budget=256)
+    assert text[:500_000].endswith(ctx.prefix) and len(ctx.prefix) == 1024
+    assert text[500_000:].startswith(ctx.suffix) and len(ctx.suffix) == 256
