@@ -11,6 +11,7 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 import time
 import weakref
 
@@ -117,3 +118,24 @@ async def test_the_server_runs_on_the_system_allocator():
         finally:
             server.kill()
             server.wait(timeout=30)
+
+
+async def test_a_burst_of_large_closes_releases_the_heap_once(service, monkeypatch):
+    """gc + malloc_trim run once for closes that come together, off the closing thread (one per
+    close, on the event loop, kept the server busy for minutes when the fuzz closed ~2,900)."""
+    import dgemma_ls.service as service_module
+
+    threads = []
+    monkeypatch.setattr(service_module, "_release_freed_heap", lambda: threads.append(threading.current_thread()))
+    big = "x = 1\n" * 50_000  # 300k characters: over the large-document line
+    for i in range(20):
+        service.open(f"file:///memory/burst{i}.py", "python", 1, big)
+    for i in range(20):
+        service.close_document(f"file:///memory/burst{i}.py")
+    assert threads == []  # not on the closing thread
+    await asyncio.sleep(service_module._RELEASE_DELAY_S + 1.0)
+    assert len(threads) == 1 and threads[0] is not threading.current_thread()
+    service.open("file:///memory/later.py", "python", 1, big)
+    service.close_document("file:///memory/later.py")
+    await asyncio.sleep(service_module._RELEASE_DELAY_S + 1.0)
+    assert len(threads) == 2  # a later close gets its own release
