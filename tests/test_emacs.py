@@ -33,7 +33,8 @@ def emacs_with_eglot() -> str | None:
             emacs,
             "--batch",
             "--eval",
-            '(princ (if (require \'eglot nil t) "eglot" "none"))',
+            # the test also drives markdown-mode's own keys (Debian: elpa-markdown-mode)
+            '(princ (if (and (require \'eglot nil t) (require \'markdown-mode nil t)) "eglot" "none"))',
         ],
         capture_output=True,
         text=True,
@@ -65,7 +66,7 @@ def test_eglot_completes_repairs_json_and_keeps_settings_set_after_require(
 ):
     emacs = emacs_with_eglot()
     if emacs is None:
-        pytest.skip("no emacs with Eglot: apt-get install emacs-nox elpa-eglot")
+        pytest.skip("no emacs with Eglot and markdown-mode: apt-get install emacs-nox elpa-eglot elpa-markdown-mode")
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     project.mkdir()
     elsewhere.mkdir()
