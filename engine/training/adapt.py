@@ -334,12 +334,19 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         with torch.no_grad():
             _, enc_kv = run_encoder(model, ids)
             enc_kv = [(k.detach(), v.detach()) for k, v in enc_kv]
+
+    @torch.no_grad()
+    def teacher(rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The base's next-token log-probabilities at encoder positions: taken from base_logp
+        when the encoder KL computed it for every position, else computed for these alone."""
+        if base_logp is not None:
+            return base_logp[rows, positions]
+        return F.log_softmax(model.logits(hidden[rows, positions]).float(), -1)
+
     seeded = batch.draft_pos >= 0
     if seeded.any():  # the draft slots' canvases: the encoder's own greedy tokens (teacher-forced)
-        with torch.no_grad():
-            rows = torch.arange(B)[:, None].expand_as(seeded)[seeded]
-            greedy = model.logits(hidden[rows, batch.draft_pos[seeded]].detach()).argmax(-1)
-        batch.canvas = batch.canvas.masked_scatter(seeded, greedy)
+        rows = torch.arange(B)[:, None].expand_as(seeded)[seeded]
+        batch.canvas = batch.canvas.masked_scatter(seeded, teacher(rows, batch.draft_pos[seeded]).argmax(-1))
     w = batch.weight.reshape(-1)
     sel = w > 0  # logits only where a target is scored: the vocabulary is the costly part
     tpos = batch.teacher_pos.reshape(-1)[sel]
@@ -348,9 +355,8 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
     distill = (tpos >= 0) & batch.noised.reshape(-1)[sel]
     teacher_logp = None
     if ac.distill_weight and distill.any():
-        with torch.no_grad():
-            rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
-            teacher_logp = F.log_softmax(model.logits(hidden[rows, tpos[distill]].detach()).float(), -1)
+        rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
+        teacher_logp = teacher(rows, tpos[distill])
     soft = None
     if self_condition:
         with torch.no_grad():

@@ -62,7 +62,8 @@ def sweep(engine: Engine, corpus, steps: list[int], contexts: list[int], only: s
                             base = base or per_hole
                             diff = [a - b for a, b in zip(per_hole, base)]
                             yield {"holes": name, "n": len(holes), "seeds": len(seeds), "steps": step_count,
-                                   "context": context, "entropy_bound": engine._generation(None, bound).entropy_bound,
+                                   "context": context,
+                                   "entropy_bound": engine.generation.entropy_bound if bound is None else bound,
                                    "encoder_draft": engine.generation.encoder_draft,
                                    "edit_similarity": statistics.fmean(per_hole),
                                    "exact": statistics.fmean(float(r == 1.0) for run in runs for r in run),
