@@ -349,23 +349,27 @@ def _extra_block(snippets: Sequence[Snippet], language: str, budget: int, count_
 MAX_TOKEN_CHARS = 16  # characters per token at most, for cutting a huge line to its token budget
 
 
-def cut_to_tokens(text: str, budget: int, count_tokens: Callable[[str], int], *, keep_end: bool) -> str:
-    """The longest end (keep_end) or start of `text` within `budget` tokens, first cut to
-    `budget * MAX_TOKEN_CHARS` characters (no token is longer), then by a binary search on the
-    length when the text is denser than that (one character a token: minified code, binary junk)."""
-    text = text[-budget * MAX_TOKEN_CHARS:] if keep_end else text[: budget * MAX_TOKEN_CHARS]
+def cut_to_tokens(text: str, budget: int, count_tokens: Callable[[str], int], *,
+                  keep_end: bool) -> tuple[str, int]:
+    """The longest end (keep_end) or start of `text` within `budget` tokens, and its token
+    count: first cut to `budget * MAX_TOKEN_CHARS` characters (no token is longer), then by a
+    binary search on the length when the text is denser than that (one character a token:
+    minified code, binary junk)."""
     if budget <= 0:
-        return ""
-    if count_tokens(text) <= budget:
-        return text
-    lo, hi = 0, len(text)
+        return "", 0
+    text = text[-budget * MAX_TOKEN_CHARS:] if keep_end else text[: budget * MAX_TOKEN_CHARS]
+    tokens = count_tokens(text)
+    if tokens <= budget:
+        return text, tokens
+    lo, hi, tokens = 0, len(text), 0
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count_tokens(text[len(text) - mid:] if keep_end else text[:mid]) <= budget:
-            lo = mid
+        n = count_tokens(text[len(text) - mid:] if keep_end else text[:mid])
+        if n <= budget:
+            lo, tokens = mid, n
         else:
             hi = mid - 1
-    return text[len(text) - lo:] if keep_end else text[:lo]
+    return (text[len(text) - lo:] if keep_end else text[:lo]), tokens
 
 
 def build_context(
@@ -402,12 +406,10 @@ def build_context(
     # one line can be huge (minified code, a 1 MB literal): the model sees at most a budget's
     # worth of it; before this, a 1 MB line went whole into the prompt and the encoder stalled on
     # it for minutes, and a cut by characters alone still gave a dense line 16x its budget in tokens
-    head = cut_to_tokens(line_prefix, prefix_budget, count_tokens, keep_end=True)
-    tail = cut_to_tokens(line_rest, suffix_budget, count_tokens, keep_end=False)
-    before, first_row = _prefix_window(
-        tree, lines, row, prefix_budget - count_tokens(head), ancestors
-    )
-    after = _suffix_window(lines, row, suffix_budget - count_tokens(tail), ancestors)
+    head, head_tokens = cut_to_tokens(line_prefix, prefix_budget, count_tokens, keep_end=True)
+    tail, tail_tokens = cut_to_tokens(line_rest, suffix_budget, count_tokens, keep_end=False)
+    before, first_row = _prefix_window(tree, lines, row, prefix_budget - head_tokens, ancestors)
+    after = _suffix_window(lines, row, suffix_budget - tail_tokens, ancestors)
     prefix = _extra_block(extra, tree.language, extra_budget, count_tokens) + before + head
     suffix = tail + after
 
