@@ -372,9 +372,13 @@ class CompletionService:
 
             future = self.worker.run(traced, ticket.should_stop, needs_engine=needs_engine, priority=INTERACTIVE)
         deadline = None if lane else self.settings.request_timeout_ms / 1000
+        wrapped = asyncio.wrap_future(future)
+        # a job whose awaiting task was cancelled or timed out still ends, often with Cancelled:
+        # read that outcome, or asyncio logs "Future exception was never retrieved" for it
+        wrapped.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
             # shield: at the deadline the job is told to stop (ticket), the future is left to finish
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), deadline)
+            return await asyncio.wait_for(asyncio.shield(wrapped), deadline)
         except asyncio.TimeoutError:
             ticket.cancelled = True
             raise Failed(f"the model did not answer {what} within {deadline:g} s (dgemma.requestTimeoutMs)") from None

@@ -5,6 +5,7 @@ calls, against the real tiny checkpoint (a spy records the real engine's calls; 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -219,3 +220,32 @@ async def test_an_overridden_language_is_logged_once_per_document(service):
     offers = service.offers(uri, (0, 0), (0, 0), fills=False, repairs=True)
     assert [o.title for o in offers] == ["Repair JSON"]
 
+
+
+async def test_a_cancelled_request_leaves_no_unretrieved_future_exception(service, settings):
+    """A cancelled request's model job still ends (with Cancelled) after its awaiting task is
+    gone: its wrapped future must not be collected with the exception unread, which asyncio logs
+    as "Future exception was never retrieved" (the soaks' log noise)."""
+    settings(SLOW)
+    code = open_doc(service)
+    spy = Spy(service.worker.engine)
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: seen.append(context.get("message", "")))
+    try:
+        request = asyncio.ensure_future(service.complete(code, CURSOR, automatic=False))
+        await until(spy.started.is_set, "the request's model call")
+        stopped = service.reporter.count("model stopped")
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await until(lambda: service.reporter.count("model stopped") > stopped, "the model job to stop")
+        del request
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+        service.worker.engine.infill = spy.real
+    assert [m for m in seen if "never retrieved" in m] == []
