@@ -72,6 +72,12 @@ class AdaptConfig:
     max_tail: int = 24
     max_head: int = 40
     self_cond_prob: float = 0.25
+    # inline noise slots whose noise rate is drawn from U(0, low_noise_max) instead of U(0, 1):
+    # mostly single hidden tokens between visible ones, the case where the answer is the left
+    # context's next-token belief (what the decoder must learn to read from position j-1) and
+    # the case the engine's decoding meets once a step has accepted the hole's first positions
+    low_noise_prob: float = 0.0
+    low_noise_max: float = 0.25
     filler_weight: float = 0.2
     distill_weight: float = 1.0
     encoder_weight: float = 1.0  # the encoder's next-token loss (0: encoder without gradient)
@@ -263,6 +269,8 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
                 shown = clean.clone()  # past the draft the engine's hole holds fillers, not the true middle
                 shown[a + length: a + hole] = filler
                 t *= 0.3
+            elif inline and ac.low_noise_prob and rng.random() < ac.low_noise_prob:
+                t *= ac.low_noise_max
             noisy = torch.randint(0, vocab, (n,), generator=gen)
             replace = (torch.rand(n, generator=gen) < t) & ~known
             canvas[b, lo: lo + n] = torch.where(replace, noisy, shown)
@@ -378,6 +386,13 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
             out["enc_kl"] = enc_kl.detach()
     middle = w[sel] == 1.0
     out["ce_middle"] = per_token[middle].mean().detach() if middle.any() else ce.detach()
+    hidden_middle = batch.noised.reshape(-1)[sel] & middle
+    if hidden_middle.any():  # a hidden token: right, or the one after it (the base's next-token habit)?
+        targets = batch.targets.reshape(-1)
+        following = torch.cat([targets[1:], targets[:1]])[sel][hidden_middle]
+        guess = logits[hidden_middle].argmax(-1)
+        out["acc_noise"] = (guess == targets[sel][hidden_middle]).float().mean()
+        out["next_noise"] = (guess == following).float().mean()
     drafted = seeded.reshape(-1)[sel] & middle
     if drafted.any():  # how the decoder does on a draft, beside how good the draft was
         target = batch.targets.reshape(-1)[sel][drafted]
