@@ -95,3 +95,20 @@ def test_a_draft_slot_shows_fillers_past_the_draft(tmp_path):
     assert past.any()
     assert (batch.canvas[past] == filler).all()
     assert (batch.targets[past & (batch.weight == 1.0)] != filler).any()  # the middle went on past some drafts
+
+
+def test_low_noise_slots_hide_at_most_their_share_of_the_hole(tmp_path):
+    """--low-noise-prob 1: every inline slot's noise rate comes from U(0, low_noise_max), so over
+    many slots a small share of hole positions is hidden (U(0, 1) hides about half)."""
+    V = 64
+    g = torch.Generator().manual_seed(5)
+    rows = [[2] + torch.randint(8, V, (256,), generator=g).tolist() for _ in range(6)]
+    shares = {}
+    for low in (0.0, 1.0):
+        ac = AdaptConfig(seq_len=256, slots=8, canvas=32, max_middle=12, max_tail=6, max_head=8, plain_prob=0.0,
+                         draft_prob=0.0, low_noise_prob=low, low_noise_max=0.1)
+        batch = make_batch(rows, ac, V, 5, 1, 0, torch.zeros(V, dtype=torch.bool), random.Random(1),
+                           torch.Generator().manual_seed(1), torch.zeros(V, dtype=torch.bool))
+        hole = batch.weight > 0
+        shares[low] = float(batch.noised[hole].float().mean())
+    assert shares[1.0] < 0.12 and shares[0.0] > 0.3, shares
