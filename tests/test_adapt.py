@@ -112,3 +112,28 @@ def test_low_noise_slots_hide_at_most_their_share_of_the_hole(tmp_path):
         hole = batch.weight > 0
         shares[low] = float(batch.noised[hole].float().mean())
     assert shares[1.0] < 0.12 and shares[0.0] > 0.3, shares
+
+
+def test_trained_gains_are_part_of_the_adapter_and_fold_into_the_model(tmp_path):
+    """--norm-lr: the blocks' output gains are adapter tensors by their parameter names, which
+    `apply_adapter` copies in; an adapter without them leaves the base's gains."""
+    from engine.gemma3 import apply_adapter
+    from engine.training.adapt import add_deltas, dense_trainables, is_gain, load_adapter_into, trained_parameters
+
+    model, _ = _model(tmp_path)
+    gains = {n: p for n, p in dense_trainables(model, gains=True).items() if is_gain(n)}
+    assert len(gains) == 2 * len(model.layers)
+    params = dict(model.named_parameters())
+    assert all(params[n] is p for n, p in gains.items())
+    name = next(iter(gains))
+    apply_adapter(model, {name: torch.full_like(gains[name], 0.5)})
+    assert (params[name] == 0.5).all()
+
+    deltas = add_deltas(model, rank=2)
+    for p in gains.values():
+        p.requires_grad_(True)
+    trained = trained_parameters(model, deltas)
+    assert set(gains) <= set(trained)
+    without = {k: v.detach().clone() for k, v in trained.items() if not is_gain(k)}
+    load_adapter_into(model, deltas, without)  # no gains in it: the model's stay
+    assert (params[name] == 0.5).all()

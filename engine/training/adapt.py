@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +62,9 @@ class AdaptConfig:
     lr: float = 2e-4
     sc_lr: float = 1e-3
     scalar_lr: float = 2e-2  # the decoder's layer scalars: decoder-only, so free to move fast (~O(10) is useful)
+    # > 0: also train each block's output gain (post_attention_layernorm, post_feedforward_layernorm),
+    # which bounds how far one layer can move a position's residual (shared with the encoder)
+    norm_lr: float = 0.0
     min_lr_ratio: float = 0.1
     warmup: int = 40
     total_steps: int = 20_000
@@ -145,17 +148,29 @@ def add_deltas(model: DiffusionGemma, rank: int, seed: int = 0) -> dict[str, Low
     return deltas
 
 
-def dense_trainables(model: DiffusionGemma) -> dict[str, nn.Parameter]:
-    """Trained in full: the self-conditioning block and the decoder's layer scalars."""
+GAINS = ("post_attention_layernorm", "post_feedforward_layernorm")  # --norm-lr: the blocks' output gains
+
+
+def dense_trainables(model: DiffusionGemma, gains: bool = False) -> dict[str, nn.Parameter]:
+    """Trained in full: the self-conditioning block and the decoder's layer scalars (and with
+    `gains` the blocks' output norms)."""
     out = {n: p for n, p in model.named_parameters() if n.startswith("sc_")}
     out.update({f"layers.{i}.decoder_scalar": layer.decoder_scalar for i, layer in enumerate(model.layers)})
+    if gains:
+        out.update({f"layers.{i}.{g}.weight": getattr(layer, g).weight for i, layer in enumerate(model.layers)
+                    for g in GAINS})
     return out
+
+
+def is_gain(name: str) -> bool:
+    return name.split(".")[-2:-1] in ([g] for g in GAINS)
 
 
 def trained_parameters(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, nn.Parameter]:
     """Every trained tensor by its adapter name: `<target>.lora_A/B` and the dense ones."""
+    gains = model.layers[0].post_attention_layernorm.weight.requires_grad
     return {**{f"{n}.lora_A": d.A for n, d in deltas.items()}, **{f"{n}.lora_B": d.B for n, d in deltas.items()},
-            **dense_trainables(model)}
+            **dense_trainables(model, gains)}
 
 
 def adapter_tensors(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, torch.Tensor]:
@@ -421,7 +436,7 @@ def build(ac: AdaptConfig):
     for layer in model.layers:
         layer.dense_experts = True  # one zero expert: two tiny GEMMs, no routing kernels under autograd
     deltas = add_deltas(model, ac.rank, ac.seed)
-    dense = dense_trainables(model)
+    dense = dense_trainables(model, ac.norm_lr > 0)
     for p in dense.values():
         p.data = p.data.float()
     for p in [*dense.values(), *(q for d in deltas.values() for q in (d.A, d.B))]:
@@ -448,6 +463,8 @@ def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig
 def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer=None, adam_step: float = 0.0):
     with torch.no_grad():
         for name, p in trained_parameters(model, deltas).items():
+            if name not in tensors and is_gain(name):  # an adapter trained without --norm-lr: the base's gain
+                continue
             p.copy_(tensors[name].to(p.dtype))
             if optimizer is not None and f"adam.{name}.exp_avg" in tensors:
                 optimizer.state[p] = {"step": torch.tensor(adam_step), "exp_avg": tensors[f"adam.{name}.exp_avg"],
@@ -460,11 +477,14 @@ def train(ac: AdaptConfig):
     model, tok, deltas, dense = build(ac)
     lora = [q for d in deltas.values() for q in (d.A, d.B)]
     scalars = [p for n, p in dense.items() if n.endswith("decoder_scalar")]
-    sc_block = [p for n, p in dense.items() if not n.endswith("decoder_scalar")]
-    optimizer = torch.optim.AdamW([{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
-                                   {"params": sc_block, "lr": ac.sc_lr, "base_lr": ac.sc_lr},
-                                   {"params": scalars, "lr": ac.scalar_lr, "base_lr": ac.scalar_lr}],
-                                  betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+    gains = [p for n, p in dense.items() if is_gain(n)]
+    sc_block = [p for n, p in dense.items() if n.startswith("sc_")]
+    groups = [{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
+              {"params": sc_block, "lr": ac.sc_lr, "base_lr": ac.sc_lr},
+              {"params": scalars, "lr": ac.scalar_lr, "base_lr": ac.scalar_lr}]
+    if gains:
+        groups.append({"params": gains, "lr": ac.norm_lr, "base_lr": ac.norm_lr})
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=ac.weight_decay)
     state = {"step": 0, "doc_index": ac.start_doc, "tokens": 0, "canvas_tokens": 0, "seconds": 0.0}
     if (out / "state.safetensors").exists():
         saved = json.loads((out / "state.json").read_text())
@@ -533,10 +553,13 @@ def evaluate(ac: AdaptConfig, adapter: str | Path | None, rows: int = 24, seed: 
     noise): a gate between checkpoints far more sensitive than a 100-task pass@1. `adapter`
     None scores the converted base (zero deltas)."""
     torch.manual_seed(seed)
+    tensors = load_file(str(adapter)) if adapter is not None else {}
+    if any(is_gain(k) for k in tensors):  # trained with --norm-lr: its gains are part of it
+        ac = replace(ac, norm_lr=ac.norm_lr or 1.0)
     model, tok, deltas, _ = build(ac)
     model.eval()
-    if adapter is not None:
-        load_adapter_into(model, deltas, load_file(str(adapter)))
+    if tensors:
+        load_adapter_into(model, deltas, tensors)
     source = Rows(ac.corpus, tok, ac.seq_len, 0, split="heldout")
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     V = model.config.vocab_size
