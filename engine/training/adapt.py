@@ -163,7 +163,9 @@ def dense_trainables(model: DiffusionGemma, gains: bool = False) -> dict[str, nn
 
 
 def is_gain(name: str) -> bool:
-    return name.split(".")[-2:-1] in ([g] for g in GAINS)
+    """`layers.<i>.<gain>.weight` for a gain in GAINS (not post_feedforward_layernorm_1 / _2)."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-2] in GAINS
 
 
 def trained_parameters(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, nn.Parameter]:
