@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -389,7 +389,8 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
             soft = model.soft_embedding(first.to(model.embed.weight.dtype)).detach()
     hid = decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, soft)
     logits = model.logits(hid.reshape(-1, hid.shape[-1])[sel]).float()  # (n, V)
-    per_token = F.cross_entropy(logits, batch.targets.reshape(-1)[sel], reduction="none")
+    scored = batch.targets.reshape(-1)[sel]
+    per_token = F.cross_entropy(logits, scored, reduction="none")
     ce = (per_token * w[sel]).sum() / w[sel].sum().clamp(min=1)
     out = {"ce": ce, "loss": ce}
     if teacher_logp is not None:
@@ -405,14 +406,14 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
     out["ce_middle"] = per_token[middle].mean().detach() if middle.any() else ce.detach()
     hidden_middle = batch.noised.reshape(-1)[sel] & middle
     if hidden_middle.any():  # a hidden token: right, or the one after it (the base's next-token habit)?
-        targets = batch.targets.reshape(-1)
-        following = torch.cat([targets[1:], targets[:1]])[sel][hidden_middle]
+        slots = batch.targets.reshape(-1, batch.canvas.shape[1] // batch.attach.shape[1])
+        following = torch.cat([slots[:, 1:], torch.full_like(slots[:, :1], -1)], 1)  # none past a slot's end
         guess = logits[hidden_middle].argmax(-1)
-        out["acc_noise"] = (guess == targets[sel][hidden_middle]).float().mean()
-        out["next_noise"] = (guess == following).float().mean()
+        out["acc_noise"] = (guess == scored[hidden_middle]).float().mean()
+        out["next_noise"] = (guess == following.reshape(-1)[sel][hidden_middle]).float().mean()
     drafted = seeded.reshape(-1)[sel] & middle
     if drafted.any():  # how the decoder does on a draft, beside how good the draft was
-        target = batch.targets.reshape(-1)[sel][drafted]
+        target = scored[drafted]
         out["ce_draft"] = per_token[drafted].mean().detach()
         out["acc_draft"] = (logits[drafted].argmax(-1) == target).float().mean()
         out["draft_right"] = (batch.canvas.reshape(-1)[sel][drafted] == target).float().mean()
@@ -430,7 +431,8 @@ def lr_factor(step: int, ac: AdaptConfig, rewarm_from: int | None) -> float:
     return f
 
 
-def build(ac: AdaptConfig):
+def build(ac: AdaptConfig, gains: bool = False):
+    """The converted base with deltas; the blocks' output gains trainable with --norm-lr (or `gains`)."""
     model, config, _, root = load_model(ac.base, dtype="bfloat16")  # frozen base in bf16; trained parts fp32
     tok = Tokenizer(root / "tokenizer.json", bos_id=config.bos_token_id, eos_ids=config.eos_ids,
                     pad_id=config.pad_token_id)
@@ -438,7 +440,7 @@ def build(ac: AdaptConfig):
     for layer in model.layers:
         layer.dense_experts = True  # one zero expert: two tiny GEMMs, no routing kernels under autograd
     deltas = add_deltas(model, ac.rank, ac.seed)
-    dense = dense_trainables(model, ac.norm_lr > 0)
+    dense = dense_trainables(model, gains or ac.norm_lr > 0)
     for p in dense.values():
         p.data = p.data.float()
     for p in [*dense.values(), *(q for d in deltas.values() for q in (d.A, d.B))]:
@@ -556,9 +558,7 @@ def evaluate(ac: AdaptConfig, adapter: str | Path | None, rows: int = 24, seed: 
     None scores the converted base (zero deltas)."""
     torch.manual_seed(seed)
     tensors = load_file(str(adapter)) if adapter is not None else {}
-    if any(is_gain(k) for k in tensors):  # trained with --norm-lr: its gains are part of it
-        ac = replace(ac, norm_lr=ac.norm_lr or 1.0)
-    model, tok, deltas, _ = build(ac)
+    model, tok, deltas, _ = build(ac, gains=any(is_gain(k) for k in tensors))  # trained with --norm-lr
     model.eval()
     if tensors:
         load_adapter_into(model, deltas, tensors)
