@@ -137,3 +137,37 @@ def test_trained_gains_are_part_of_the_adapter_and_fold_into_the_model(tmp_path)
     without = {k: v.detach().clone() for k, v in trained.items() if not is_gain(k)}
     load_adapter_into(model, deltas, without)  # no gains in it: the model's stay
     assert (params[name] == 0.5).all()
+
+
+def test_encoder_lr_steps_the_encoder_losses_with_their_own_moments_and_resumes(tmp_path):
+    """--encoder-lr: the encoder's losses and the decoder's are differentiated apart and stepped by
+    two AdamW instances over the shared deltas; both sets of moments are checkpointed and resumed."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from engine.training.adapt import ENCODER_ADAM, train
+
+    base = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i, add(i, 2))\n"
+    (corpus / "train.jsonl").write_text("".join(json.dumps({"text": text * 3}) + "\n" for _ in range(4)))
+    ac = AdaptConfig(base=str(base), corpus=str(corpus), out=str(tmp_path / "run"), seq_len=64, slots=2, canvas=24,
+                     max_middle=8, max_tail=4, max_head=6, rank=2, lr=1e-3, encoder_lr=1e-3, warmup=1,
+                     total_steps=2, encoder_weight=0.0, encoder_kl_weight=10.0, checkpoint_minutes=0.0)
+    train(ac)
+    saved = load_file(str(tmp_path / "run" / "state.safetensors"))
+    name = "layers.0.self_attn.q_proj.lora_B"
+    decoder_m, encoder_m = saved[f"adam.{name}.exp_avg"], saved[f"{ENCODER_ADAM}{name}.exp_avg"]
+    assert decoder_m.abs().sum() > 0 and encoder_m.abs().sum() > 0
+    assert not torch.allclose(decoder_m, encoder_m)  # two objectives, two sets of moments
+    assert f"{ENCODER_ADAM}layers.0.decoder_scalar.exp_avg" not in saved  # decoder-only: never the encoder's
+    assert "layers.0.decoder_scalar" in saved and f"adam.layers.0.decoder_scalar.exp_avg" in saved
+
+    from dataclasses import replace
+
+    model = train(replace(ac, total_steps=3))  # resumes at step 2, one more step
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 3
+    resumed = load_file(str(tmp_path / "run" / "state.safetensors"))
+    assert not torch.equal(resumed[f"{ENCODER_ADAM}{name}.exp_avg"], encoder_m)

@@ -85,6 +85,11 @@ class AdaptConfig:
     distill_weight: float = 1.0
     encoder_weight: float = 1.0  # the encoder's next-token loss (0: encoder without gradient)
     encoder_kl_weight: float = 2.0  # KL(base encoder || adapted encoder): keeps the shared weights' causal model
+    # > 0: the encoder's losses (next-token, KL to the base) get their own AdamW moments at this lr.
+    # In one optimizer their gradient (~10x the decoder's at KL weight 100, measured on run 6's
+    # step 1308) sets the scale Adam divides every update by, which throttles the decoder's (0: one
+    # optimizer for the sum)
+    encoder_lr: float = 0.0
     seed: int = 0
     start_doc: int = 0
     checkpoint_minutes: float = 15.0
@@ -452,11 +457,15 @@ def build(ac: AdaptConfig, gains: bool = False):
     return model, tok, deltas, dense
 
 
-def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig):
+def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig, encoder_optimizer=None):
     out.mkdir(parents=True, exist_ok=True)
     weights = adapter_tensors(model, deltas)
     tmp = out / "state.safetensors.tmp"
-    save_file({**weights, **adam_tensors(optimizer, trained_parameters(model, deltas), state)}, str(tmp))
+    moments = adam_tensors(optimizer, trained_parameters(model, deltas), state)
+    if encoder_optimizer is not None:
+        moments.update({ENCODER_ADAM + k.removeprefix("adam."): v for k, v in
+                        adam_tensors(encoder_optimizer, trained_parameters(model, deltas), {}).items()})
+    save_file({**weights, **moments}, str(tmp))
     tmp.replace(out / "state.safetensors")
     adapter = {k: v.to(torch.bfloat16) if k.endswith(("lora_A", "lora_B")) else v for k, v in weights.items()}
     save_file(adapter, str(out / "adapter.safetensors.tmp"), metadata={"rank": str(ac.rank)})
@@ -464,15 +473,42 @@ def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig
     (out / "state.json").write_text(json.dumps({"config": asdict(ac), **state}, indent=2))
 
 
-def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer=None, adam_step: float = 0.0):
+ENCODER_ADAM = "adam_encoder."  # the encoder optimizer's moments in state.safetensors (--encoder-lr)
+
+
+def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer=None, adam_step: float = 0.0,
+                      encoder_optimizer=None):
     with torch.no_grad():
         for name, p in trained_parameters(model, deltas).items():
             if name not in tensors and is_gain(name):  # an adapter trained without --norm-lr: the base's gain
                 continue
             p.copy_(tensors[name].to(p.dtype))
-            if optimizer is not None and f"adam.{name}.exp_avg" in tensors:
-                optimizer.state[p] = {"step": torch.tensor(adam_step), "exp_avg": tensors[f"adam.{name}.exp_avg"],
-                                      "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"]}
+            for opt, prefix in ((optimizer, "adam."), (encoder_optimizer, ENCODER_ADAM)):
+                if opt is not None and f"{prefix}{name}.exp_avg" in tensors:
+                    opt.state[p] = {"step": torch.tensor(adam_step), "exp_avg": tensors[f"{prefix}{name}.exp_avg"],
+                                    "exp_avg_sq": tensors[f"{prefix}{name}.exp_avg_sq"]}
+
+
+def update(parts: dict[str, torch.Tensor], optimizer, encoder_optimizer=None):
+    """One optimizer step on the step's losses. With an encoder optimizer the encoder's losses
+    (`parts["ar"]`) are differentiated apart and stepped by it: two sets of Adam moments over the
+    shared deltas, each objective normalised by its own gradient's scale."""
+    clipped = lambda opt: torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    optimizer.zero_grad(set_to_none=True)
+    if encoder_optimizer is None or "ar" not in parts:
+        parts["loss"].backward()
+        clipped(optimizer)
+        optimizer.step()
+        return
+    shared = [p for g in encoder_optimizer.param_groups for p in g["params"]]
+    encoder_grads = torch.autograd.grad(parts["ar"], shared, retain_graph=True, allow_unused=True)
+    (parts["loss"] - parts["ar"]).backward()
+    clipped(optimizer)
+    optimizer.step()
+    for p, g in zip(shared, encoder_grads):  # the encoder's gradient, taken before that step
+        p.grad = g
+    clipped(encoder_optimizer)
+    encoder_optimizer.step()
 
 
 def train(ac: AdaptConfig):
@@ -489,11 +525,15 @@ def train(ac: AdaptConfig):
     if gains:
         groups.append({"params": gains, "lr": ac.norm_lr, "base_lr": ac.norm_lr})
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+    encoder_optimizer = None
+    if ac.encoder_lr:  # the parameters the encoder's losses reach: the shared deltas (and gains)
+        encoder_optimizer = torch.optim.AdamW([{"params": lora + gains, "lr": ac.encoder_lr, "base_lr": ac.encoder_lr}],
+                                              betas=(0.9, 0.98), weight_decay=ac.weight_decay)
     state = {"step": 0, "doc_index": ac.start_doc, "tokens": 0, "canvas_tokens": 0, "seconds": 0.0}
     if (out / "state.safetensors").exists():
         saved = json.loads((out / "state.json").read_text())
         load_adapter_into(model, deltas, load_file(str(out / "state.safetensors")), optimizer,
-                          saved.get("adam_step", 0.0))
+                          saved.get("adam_step", 0.0), encoder_optimizer)
         old = saved.pop("config")
         state = saved
         if (old.get("lr"), old.get("total_steps")) != (ac.lr, ac.total_steps):
@@ -520,14 +560,11 @@ def train(ac: AdaptConfig):
         batch = make_batch([rows.next_row() for _ in range(ac.batch)], ac, V, tok.filler_id, tok.eos_ids[0],
                            tok.pad_id, delims, rng, gen, newlines)
         f = lr_factor(step, ac, state.get("rewarm_from"))
-        for g in optimizer.param_groups:
+        for g in [*optimizer.param_groups, *(encoder_optimizer.param_groups if encoder_optimizer else [])]:
             g["lr"] = g["base_lr"] * f
         with torch.autocast("cpu", dtype=torch.bfloat16):
             parts = losses(model, batch, ac, rng.random() < ac.self_cond_prob)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-        optimizer.step()
+        update(parts, optimizer, encoder_optimizer)
         state["step"] += 1
         state["tokens"] += ac.batch * ac.seq_len
         state["canvas_tokens"] += int(batch.valid.sum())
@@ -545,7 +582,7 @@ def train(ac: AdaptConfig):
         if time.time() - last_save > ac.checkpoint_minutes * 60 or done:
             state["doc_index"] = rows.doc_index
             state["seconds"] = state.get("seconds", 0.0) + (time.time() - last_save)
-            save_state(out, model, deltas, optimizer, state, ac)
+            save_state(out, model, deltas, optimizer, state, ac, encoder_optimizer)
             log.info("checkpoint at step %d (%.2fM canvas tokens)", state["step"], state["canvas_tokens"] / 1e6)
             last_save = time.time()
     return model
