@@ -318,15 +318,18 @@ def convert(g: Gemma3, keep: list[int] | None = None, *, canvas_length: int = 96
     return model
 
 
-def delta_targets(config: ModelConfig) -> dict[str, float]:
+def delta_targets(config: ModelConfig, values: bool = True) -> dict[str, float]:
     """The projections adaptation gives low-rank deltas (engine.training.adapt), with the scale
     their converted weight carries (a delta is applied at that scale). Full layers' k_proj is left
-    out: it also carries the scaled value rows."""
+    out: it also carries the scaled value rows. `values`: sliding layers' v_proj too, at the tiny
+    scale that keeps v_norm linear (a delta there changes the values as a delta to Gemma's would)."""
     out = {}
     for i, spec in enumerate(config.layers):
         out[f"layers.{i}.self_attn.q_proj"] = 1.0
         if spec.sliding:
             out[f"layers.{i}.self_attn.k_proj"] = 1.0
+            if values:
+                out[f"layers.{i}.self_attn.v_proj"] = SLIDING_V_SCALE
         out[f"layers.{i}.self_attn.o_proj"] = SLIDING_O_SCALE if spec.sliding else FULL_O_SCALE
         for name in ("mlp_gate", "mlp_up", "mlp_down"):
             out[f"layers.{i}.{name}"] = 1.0

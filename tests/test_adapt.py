@@ -5,6 +5,7 @@ sees at inference), and its draft slots hold the encoder's greedy tokens."""
 import random
 
 import torch
+import torch.nn.functional as F
 
 from engine.checkpoint import load_model
 from engine.training.adapt import AdaptConfig, decode_slots, losses, make_batch
@@ -171,3 +172,41 @@ def test_encoder_lr_steps_the_encoder_losses_with_their_own_moments_and_resumes(
     assert json.loads((tmp_path / "run" / "state.json").read_text())["step"] == 3
     resumed = load_file(str(tmp_path / "run" / "state.safetensors"))
     assert not torch.equal(resumed[f"{ENCODER_ADAM}{name}.exp_avg"], encoder_m)
+
+
+def test_value_deltas_train_at_their_tiny_scale_and_fold_into_the_model(tmp_path):
+    """--value-deltas: sliding layers' v_proj get deltas applied at the mapping's 2^-24 scale. Their
+    gradients are as tiny, so Adam's eps is scaled with them: after a step their B moves as far as
+    the other deltas' do; folded in (`apply_adapter`) they give the model the deltas computed."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from engine.gemma3 import SLIDING_V_SCALE, apply_adapter
+    from engine.training.adapt import train
+
+    base = write_tiny_checkpoint(tmp_path / "tiny", seed=0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = "def add(a, b):\n    return a + b\n\nfor i in range(10):\n    print(i, add(i, 2))\n"
+    (corpus / "train.jsonl").write_text("".join(json.dumps({"text": text * 3}) + "\n" for _ in range(4)))
+    ac = AdaptConfig(base=str(base), corpus=str(corpus), out=str(tmp_path / "run"), seq_len=64, slots=2, canvas=24,
+                     max_middle=8, max_tail=4, max_head=6, rank=2, lr=1e-2, warmup=1, total_steps=1,
+                     encoder_weight=1.0, encoder_kl_weight=0.0, value_deltas=1, checkpoint_minutes=0.0)
+    model = train(ac)
+    adapter = load_file(str(tmp_path / "run" / "state.safetensors"))
+    v, q = (adapter[f"layers.0.self_attn.{p}.lora_B"].abs().mean() for p in ("v_proj", "q_proj"))
+    assert v > 0.2 * q > 0, (v, q)  # one Adam step moves each entry ~lr, at any gradient scale
+
+    delta = model.layers[0].self_attn.v_proj  # the trained LowRankLinear
+    assert delta.scale == SLIDING_V_SCALE
+    folded, _ = _model(tmp_path)
+    name = "layers.0.self_attn.v_proj"
+    with torch.no_grad():
+        delta.B.mul_(2.0**24)  # a delta as large as the tiny model's (unscaled) values, so a wrong fold shows
+        folded.layers[0].self_attn.v_proj.weight.copy_(delta.base.weight.float())
+        apply_adapter(folded, {f"{name}.lora_A": delta.A.detach(), f"{name}.lora_B": delta.B.detach()})
+        x = torch.randn(5, delta.A.shape[1], generator=torch.Generator().manual_seed(4))
+        want = F.linear(x, delta.base.weight.float()) + F.linear(F.linear(x, delta.A), delta.B) * delta.scale
+        assert (want - F.linear(x, delta.base.weight.float())).abs().mean() > 0.02 * want.abs().mean()
+        torch.testing.assert_close(folded.layers[0].self_attn.v_proj(x), want, atol=1e-5, rtol=1e-4)

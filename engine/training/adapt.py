@@ -5,7 +5,8 @@ the decoder lacks is predicting the token at its own canvas position (DiffusionG
 shift) from a noisy canvas with the prefix tail and suffix head visible both ways. We train:
 low-rank deltas (LoRA) on the attention and MLP projections the mapping left at their natural
 scale, the decoder's layer scalars, and the self-conditioning block. Embeddings, norms and the
-mapping's special weights (the tiny / widened value paths, the zero MoE branch) stay frozen.
+mapping's special weights (the tiny / widened value paths, the zero MoE branch) stay frozen;
+`--value-deltas 1` gives the sliding layers' tiny value paths deltas at their own scale.
 
 Each row is `bos + 512 tokens` of corpus text. The encoder reads it with its next-token loss (the
 deltas are shared with it: without that loss the encoder decays, and with it the prompt KV the
@@ -28,7 +29,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -65,6 +66,9 @@ class AdaptConfig:
     # > 0: also train each block's output gain (post_attention_layernorm, post_feedforward_layernorm),
     # which bounds how far one layer can move a position's residual (shared with the encoder)
     norm_lr: float = 0.0
+    # 1: sliding layers' value projections get deltas too (at the mapping's tiny scale): without,
+    # what a layer can copy from another position is fixed to Gemma's own values
+    value_deltas: int = 0
     min_lr_ratio: float = 0.1
     warmup: int = 40
     total_steps: int = 20_000
@@ -135,18 +139,18 @@ class base_weights:
             d.enabled = True
 
 
-def adapted_linears(model: DiffusionGemma) -> dict[str, tuple[nn.Module, str, float]]:
+def adapted_linears(model: DiffusionGemma, values: bool = False) -> dict[str, tuple[nn.Module, str, float]]:
     """Projections that get deltas: name -> (owner module, attribute, scale), from engine.gemma3.delta_targets."""
     out = {}
-    for name, scale in delta_targets(model.config).items():
+    for name, scale in delta_targets(model.config, values).items():
         owner_name, attr = name.rsplit(".", 1)
         out[name] = (model.get_submodule(owner_name), attr, scale)
     return out
 
 
-def add_deltas(model: DiffusionGemma, rank: int, seed: int = 0) -> dict[str, LowRankLinear]:
+def add_deltas(model: DiffusionGemma, rank: int, seed: int = 0, values: bool = False) -> dict[str, LowRankLinear]:
     deltas = {}
-    for k, (name, (owner, attr, scale)) in enumerate(adapted_linears(model).items()):
+    for k, (name, (owner, attr, scale)) in enumerate(adapted_linears(model, values).items()):
         wrapped = LowRankLinear(getattr(owner, attr), rank, scale, seed * 7919 + k)
         setattr(owner, attr, wrapped)
         deltas[name] = wrapped
@@ -444,14 +448,16 @@ def build(ac: AdaptConfig, gains: bool = False):
     model.requires_grad_(False)
     for layer in model.layers:
         layer.dense_experts = True  # one zero expert: two tiny GEMMs, no routing kernels under autograd
-    deltas = add_deltas(model, ac.rank, ac.seed)
+    deltas = add_deltas(model, ac.rank, ac.seed, values=bool(ac.value_deltas))
     dense = dense_trainables(model, gains or ac.norm_lr > 0)
     for p in dense.values():
         p.data = p.data.float()
     for p in [*dense.values(), *(q for d in deltas.values() for q in (d.A, d.B))]:
         p.requires_grad_(True)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert not any(frozen_by_mapping(n) or n.endswith("base.weight") for n in trained), "a frozen weight is trainable"
+    delta_factors = {f"{n}.{ab}" for n, d in model.named_modules() if isinstance(d, LowRankLinear) for ab in "AB"}
+    assert not any((frozen_by_mapping(n) and n not in delta_factors) or n.endswith("base.weight") for n in trained), \
+        "a frozen weight is trainable"
     assert len(trained) == 2 * len(deltas) + len(dense)
     model.train()
     return model, tok, deltas, dense
@@ -480,8 +486,8 @@ def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer
                       encoder_optimizer=None):
     with torch.no_grad():
         for name, p in trained_parameters(model, deltas).items():
-            if name not in tensors and is_gain(name):  # an adapter trained without --norm-lr: the base's gain
-                continue
+            if name not in tensors and (is_gain(name) or ".v_proj." in name):
+                continue  # an adapter trained without --norm-lr / --value-deltas: the base's gain, a zero delta
             p.copy_(tensors[name].to(p.dtype))
             for opt, prefix in ((optimizer, "adam."), (encoder_optimizer, ENCODER_ADAM)):
                 if opt is not None and f"{prefix}{name}.exp_avg" in tensors:
@@ -515,11 +521,16 @@ def train(ac: AdaptConfig):
     torch.manual_seed(ac.seed)
     out = Path(ac.out)
     model, tok, deltas, dense = build(ac)
-    lora = [q for d in deltas.values() for q in (d.A, d.B)]
+    lora = [q for n, d in deltas.items() if d.scale >= 1 for q in (d.A, d.B)]
+    # a delta applied at a tiny scale (the value paths) has gradients as tiny: Adam's eps scaled with
+    # it, or eps would swamp them (Adam is otherwise blind to a gradient's scale)
+    tiny = [q for n, d in deltas.items() if d.scale < 1 for q in (d.A, d.B)]
+    tiny_eps = 1e-8 * min((d.scale for d in deltas.values()), default=1.0)
     scalars = [p for n, p in dense.items() if n.endswith("decoder_scalar")]
     gains = [p for n, p in dense.items() if is_gain(n)]
     sc_block = [p for n, p in dense.items() if n.startswith("sc_")]
     groups = [{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
+              {"params": tiny, "lr": ac.lr, "base_lr": ac.lr, "eps": tiny_eps},
               {"params": sc_block, "lr": ac.sc_lr, "base_lr": ac.sc_lr},
               {"params": scalars, "lr": ac.scalar_lr, "base_lr": ac.scalar_lr}]
     if gains:
@@ -527,8 +538,9 @@ def train(ac: AdaptConfig):
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=ac.weight_decay)
     encoder_optimizer = None
     if ac.encoder_lr:  # the parameters the encoder's losses reach: the shared deltas (and gains)
-        encoder_optimizer = torch.optim.AdamW([{"params": lora + gains, "lr": ac.encoder_lr, "base_lr": ac.encoder_lr}],
-                                              betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+        encoder_optimizer = torch.optim.AdamW([{"params": lora + gains, "lr": ac.encoder_lr, "base_lr": ac.encoder_lr},
+                                               {"params": tiny, "lr": ac.encoder_lr, "base_lr": ac.encoder_lr,
+                                                "eps": tiny_eps}], betas=(0.9, 0.98), weight_decay=ac.weight_decay)
     state = {"step": 0, "doc_index": ac.start_doc, "tokens": 0, "canvas_tokens": 0, "seconds": 0.0}
     if (out / "state.safetensors").exists():
         saved = json.loads((out / "state.json").read_text())
@@ -595,7 +607,8 @@ def evaluate(ac: AdaptConfig, adapter: str | Path | None, rows: int = 24, seed: 
     None scores the converted base (zero deltas)."""
     torch.manual_seed(seed)
     tensors = load_file(str(adapter)) if adapter is not None else {}
-    model, tok, deltas, _ = build(ac, gains=any(is_gain(k) for k in tensors))  # trained with --norm-lr
+    model, tok, deltas, _ = build(replace(ac, value_deltas=int(any(".v_proj." in k for k in tensors))),
+                                  gains=any(is_gain(k) for k in tensors))  # what the adapter was trained with
     model.eval()
     if tensors:
         load_adapter_into(model, deltas, tensors)
