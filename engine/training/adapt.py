@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import time
+from functools import partial
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -175,6 +176,11 @@ def is_gain(name: str) -> bool:
     """`layers.<i>.<gain>.weight` for a gain in GAINS (not post_feedforward_layernorm_1 / _2)."""
     parts = name.split(".")
     return len(parts) >= 2 and parts[-2] in GAINS
+
+
+def is_value_delta(name: str) -> bool:
+    """A sliding layer's v_proj delta (`--value-deltas`), by its adapter name."""
+    return ".v_proj." in name
 
 
 def trained_parameters(model: DiffusionGemma, deltas: dict[str, LowRankLinear]) -> dict[str, nn.Parameter]:
@@ -467,10 +473,11 @@ def save_state(out: Path, model, deltas, optimizer, state: dict, ac: AdaptConfig
     out.mkdir(parents=True, exist_ok=True)
     weights = adapter_tensors(model, deltas)
     tmp = out / "state.safetensors.tmp"
-    moments = adam_tensors(optimizer, trained_parameters(model, deltas), state)
+    params = trained_parameters(model, deltas)
+    moments = adam_tensors(optimizer, params, state)
     if encoder_optimizer is not None:
         moments.update({ENCODER_ADAM + k.removeprefix("adam."): v for k, v in
-                        adam_tensors(encoder_optimizer, trained_parameters(model, deltas), {}).items()})
+                        adam_tensors(encoder_optimizer, params, {}).items()})
     save_file({**weights, **moments}, str(tmp))
     tmp.replace(out / "state.safetensors")
     adapter = {k: v.to(torch.bfloat16) if k.endswith(("lora_A", "lora_B")) else v for k, v in weights.items()}
@@ -486,7 +493,7 @@ def load_adapter_into(model, deltas, tensors: dict[str, torch.Tensor], optimizer
                       encoder_optimizer=None):
     with torch.no_grad():
         for name, p in trained_parameters(model, deltas).items():
-            if name not in tensors and (is_gain(name) or ".v_proj." in name):
+            if name not in tensors and (is_gain(name) or is_value_delta(name)):
                 continue  # an adapter trained without --norm-lr / --value-deltas: the base's gain, a zero delta
             p.copy_(tensors[name].to(p.dtype))
             for opt, prefix in ((optimizer, "adam."), (encoder_optimizer, ENCODER_ADAM)):
@@ -521,26 +528,27 @@ def train(ac: AdaptConfig):
     torch.manual_seed(ac.seed)
     out = Path(ac.out)
     model, tok, deltas, dense = build(ac)
-    lora = [q for n, d in deltas.items() if d.scale >= 1 for q in (d.A, d.B)]
+    lora = [q for d in deltas.values() if d.scale >= 1 for q in (d.A, d.B)]
     # a delta applied at a tiny scale (the value paths) has gradients as tiny: Adam's eps scaled with
     # it, or eps would swamp them (Adam is otherwise blind to a gradient's scale)
-    tiny = [q for n, d in deltas.items() if d.scale < 1 for q in (d.A, d.B)]
+    tiny = [q for d in deltas.values() if d.scale < 1 for q in (d.A, d.B)]
     tiny_eps = 1e-8 * min((d.scale for d in deltas.values()), default=1.0)
     scalars = [p for n, p in dense.items() if n.endswith("decoder_scalar")]
     gains = [p for n, p in dense.items() if is_gain(n)]
     sc_block = [p for n, p in dense.items() if n.startswith("sc_")]
-    groups = [{"params": lora, "lr": ac.lr, "base_lr": ac.lr},
-              {"params": tiny, "lr": ac.lr, "base_lr": ac.lr, "eps": tiny_eps},
-              {"params": sc_block, "lr": ac.sc_lr, "base_lr": ac.sc_lr},
-              {"params": scalars, "lr": ac.scalar_lr, "base_lr": ac.scalar_lr}]
+
+    def group(params, lr, **extra):
+        return {"params": params, "lr": lr, "base_lr": lr, **extra}
+
+    adamw = partial(torch.optim.AdamW, betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+    groups = [group(lora, ac.lr), group(tiny, ac.lr, eps=tiny_eps), group(sc_block, ac.sc_lr),
+              group(scalars, ac.scalar_lr)]
     if gains:
-        groups.append({"params": gains, "lr": ac.norm_lr, "base_lr": ac.norm_lr})
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+        groups.append(group(gains, ac.norm_lr))
+    optimizer = adamw(groups)
     encoder_optimizer = None
     if ac.encoder_lr:  # the parameters the encoder's losses reach: the shared deltas (and gains)
-        encoder_optimizer = torch.optim.AdamW([{"params": lora + gains, "lr": ac.encoder_lr, "base_lr": ac.encoder_lr},
-                                               {"params": tiny, "lr": ac.encoder_lr, "base_lr": ac.encoder_lr,
-                                                "eps": tiny_eps}], betas=(0.9, 0.98), weight_decay=ac.weight_decay)
+        encoder_optimizer = adamw([group(lora + gains, ac.encoder_lr), group(tiny, ac.encoder_lr, eps=tiny_eps)])
     state = {"step": 0, "doc_index": ac.start_doc, "tokens": 0, "canvas_tokens": 0, "seconds": 0.0}
     if (out / "state.safetensors").exists():
         saved = json.loads((out / "state.json").read_text())
@@ -607,7 +615,7 @@ def evaluate(ac: AdaptConfig, adapter: str | Path | None, rows: int = 24, seed: 
     None scores the converted base (zero deltas)."""
     torch.manual_seed(seed)
     tensors = load_file(str(adapter)) if adapter is not None else {}
-    model, tok, deltas, _ = build(replace(ac, value_deltas=int(any(".v_proj." in k for k in tensors))),
+    model, tok, deltas, _ = build(replace(ac, value_deltas=int(any(is_value_delta(k) for k in tensors))),
                                   gains=any(is_gain(k) for k in tensors))  # what the adapter was trained with
     model.eval()
     if tensors:
