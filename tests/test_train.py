@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from engine import Engine
 from engine.training.tiny import write_tiny_checkpoint
-from engine.training.train import TrainConfig, export_model, heldout_loss, paired_difference, train
+from engine.training.train import TrainConfig, export_model, heldout_loss, masked_attention, paired_difference, train
 
 SMALL = dict(seq_len=32, canvas=16, batch=2, max_middle=6, hidden_size=32, layers=2, heads=2, kv_heads=1,
              head_dim=16, intermediate_size=64, experts=2, top_k=1, moe_intermediate_size=32, sliding_window=16,
@@ -134,3 +136,14 @@ def test_eval_loss_cli_writes_its_scores_with_commit_and_command(setup, tmp_path
     written = json.loads(out.read_text())
     assert written["kind"] == "eval-loss" and written["scores"] == [printed] and written["rows"] == 2
     assert "eval-loss" in written["command"] and "commit" in written and "dirty" in written
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 1), (8, 2), (2, 2)])
+def test_masked_attention_equals_sdpa_with_grouped_kv_heads(heads, kv_heads):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, heads, 7, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, kv_heads, 11, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    mask = torch.rand(2, 1, 7, 11, generator=g) > 0.5
+    mask[..., 3] = True  # every query sees a key
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=True)
+    torch.testing.assert_close(masked_attention(q, k, v, mask), want, rtol=1e-12, atol=1e-12)

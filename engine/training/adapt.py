@@ -43,7 +43,7 @@ from ..config import GenerationConfig
 from ..gemma3 import apply_adapter, delta_targets, frozen_by_mapping
 from ..model import DiffusionGemma
 from ..tokenizer import Tokenizer
-from .train import Rows, adam_tensors, run_encoder  # Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
+from .train import Rows, adam_tensors, masked_attention, run_encoder  # Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
 
 log = logging.getLogger("dgemma.adapt")
 
@@ -340,8 +340,7 @@ def decode_slots(model: DiffusionGemma, canvas: torch.Tensor, attach: torch.Tens
 
     def attend(i, spec, q, k, v):
         ek, ev = expanded[i]
-        return F.scaled_dot_product_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2),
-                                              attn_mask=masks[spec.sliding], scale=1.0, enable_gqa=True)
+        return masked_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2), masks[spec.sliding])
 
     x = model.self_condition(model.embed_tokens(slots), soft)
     return model.run(x, positions, attend, decoder=True)

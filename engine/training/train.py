@@ -206,6 +206,20 @@ def _middle_length(row: torch.Tensor, s: int, tc: TrainConfig, delims: torch.Ten
 # ---- forward passes -----------------------------------------------------------------------------
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T + mask) v at scale 1 with grouped KV heads: q (B, Hq, T, D), k / v (B, Hkv, S, D),
+    mask broadcastable to (B, Hq, T, S), True = seen (every query must see a key). As SDPA, but
+    written as two matmuls with an fp32 softmax: on a CPU core at this model's head_dim (256 / 512)
+    that trains ~1.8x faster than SDPA's flash kernel, forward and backward."""
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    g = Hq // Hkv  # the query heads sharing one KV head become more query rows
+    scores = (q.reshape(B, Hkv, g * T, D) @ k.transpose(-1, -2)).reshape(B, Hq, T, S)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~mask, float("-inf"))
+    p = torch.softmax(scores, -1).to(v.dtype)
+    return (p.reshape(B, Hkv, g * T, S) @ v).reshape(B, Hq, T, -1)
+
+
 def run_encoder(model: DiffusionGemma, ids: torch.Tensor):
     """Causal pass over ids (B, S) -> hidden (B, S, H) and each layer's keys/values for the decoder."""
     S = ids.shape[1]
@@ -217,7 +231,7 @@ def run_encoder(model: DiffusionGemma, ids: torch.Tensor):
 
     def attend(i, spec, q, k, v):
         kv.append((k, v))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[spec.sliding], scale=1.0, enable_gqa=True)
+        return masked_attention(q, k, v, masks[spec.sliding])
 
     return model.run(model.embed_tokens(ids), pos, attend, decoder=False), kv
 
@@ -245,8 +259,7 @@ def run_decoder(model: DiffusionGemma, canvas: torch.Tensor, positions: torch.Te
     """Every slot's canvas at once: queries see their encoder prefix and their own slot (`masks`)."""
     def attend(i, spec, q, k, v):
         ek, ev = enc_kv[i]
-        return F.scaled_dot_product_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2),
-                                              attn_mask=masks[spec.sliding], scale=1.0, enable_gqa=True)
+        return masked_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2), masks[spec.sliding])
 
     x = model.self_condition(model.embed_tokens(canvas), soft)
     return model.run(x, positions, attend, decoder=True)
