@@ -207,3 +207,47 @@ def test_value_deltas_train_at_their_tiny_scale_and_fold_into_the_model(tmp_path
         want = F.linear(x, delta.base.weight.float()) + F.linear(F.linear(x, delta.A), delta.B) * delta.scale
         assert (want - F.linear(x, delta.base.weight.float())).abs().mean() > 0.02 * want.abs().mean()
         torch.testing.assert_close(folded.layers[0].self_attn.v_proj(x), want, atol=1e-5, rtol=1e-4)
+
+
+def test_align_pulls_a_hidden_positions_layers_towards_the_teachers_at_its_left_neighbour(tmp_path):
+    """--align-weight: the term is the standardised MSE between the decoder's residual after each
+    named layer at a hidden middle position and the base encoder's at the position before it in
+    the row, computed here independently with plain forward hooks; its gradient reaches the
+    deltas of the named layers and those below, not above."""
+    from engine.training.adapt import add_deltas, base_weights
+
+    model, config = _model(tmp_path)
+    deltas = add_deltas(model, rank=4)
+    with torch.no_grad():
+        for d in deltas.values():
+            d.B.normal_(std=0.05)
+    for d in deltas.values():
+        d.A.requires_grad_(True), d.B.requires_grad_(True)
+    V = config.vocab_size
+    ac = AdaptConfig(seq_len=96, slots=3, canvas=24, max_middle=10, max_tail=4, max_head=6, plain_prob=0.5,
+                     draft_prob=0.0, encoder_weight=0.0, encoder_kl_weight=0.0, align_weight=1.0, align_layers="0")
+    g = torch.Generator().manual_seed(4)
+    row = [2] + torch.randint(3, V, (ac.seq_len,), generator=g).tolist()
+    batch = make_batch([row], ac, V, 5, 1, 0, torch.zeros(V, dtype=torch.bool), random.Random(2), g,
+                       torch.zeros(V, dtype=torch.bool))
+    parts = losses(model, batch, ac, self_condition=False)
+
+    seen = {}
+    hook = model.layers[0].register_forward_hook(lambda m, a, o: seen.__setitem__(len(seen), o.detach()))
+    with torch.no_grad():
+        with base_weights(model):
+            _, _ = run_encoder(model, batch.tokens[:, :-1])
+        _, enc_kv = run_encoder(model, batch.tokens[:, :-1])
+        decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, None)
+    hook.remove()
+    teacher, decoder = seen[0][0], seen[2].reshape(-1, config.hidden_size)  # (S, H), (K*C, H)
+    pick = (batch.weight[0] > 0) & batch.noised[0] & (batch.teacher_pos[0] >= 0)
+    assert pick.sum() > 3
+    mean, std = teacher.mean(0), teacher.std(0)
+    std = std.clamp(min=1e-2 * float(std.mean()))
+    want = F.mse_loss((decoder[pick] - mean) / std, (teacher[batch.teacher_pos[0][pick]] - mean) / std)
+    torch.testing.assert_close(parts["align"], want, rtol=1e-4, atol=1e-5)
+
+    grads = torch.autograd.grad(parts["align"], [d.B for d in deltas.values()], allow_unused=True)
+    reached = {name.split(".")[1] for (name, d), gr in zip(deltas.items(), grads) if gr is not None and gr.abs().sum() > 0}
+    assert reached == {"0"}

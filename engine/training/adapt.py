@@ -87,6 +87,13 @@ class AdaptConfig:
     low_noise_prob: float = 0.0
     low_noise_max: float = 0.25
     filler_weight: float = 0.2
+    # > 0: at a hidden middle position j, the decoder's residual after each layer in `align_layers`
+    # is pulled (MSE of the RMS-normalised vectors) towards the teacher encoder's at j-1: a dense,
+    # per-layer target for what the position has to carry (its left neighbour's next-token belief),
+    # which the decoder at a noise token does not hold at all before training (a linear probe reads
+    # 0.02-0.05 of it from the base decoder at j, 0.36-0.40 from the encoder at j-1)
+    align_weight: float = 0.0
+    align_layers: str = "8,11,14"
     distill_weight: float = 1.0
     encoder_weight: float = 1.0  # the encoder's next-token loss (0: encoder without gradient)
     encoder_kl_weight: float = 2.0  # KL(base encoder || adapted encoder): keeps the shared weights' causal model
@@ -318,6 +325,22 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
 # ---- loss ---------------------------------------------------------------------------------------
 
 
+class layer_outputs:
+    """Record the residual after each of the given layers while the context is open: {layer: (.., T, H)}."""
+
+    def __init__(self, model: DiffusionGemma, layers: list[int]):
+        self.model, self.layers, self.out = model, layers, {}
+
+    def __enter__(self):
+        self.hooks = [self.model.layers[i].register_forward_hook(
+            lambda m, a, o, i=i: self.out.__setitem__(i, o)) for i in self.layers]
+        return self.out
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+
 def decode_slots(model: DiffusionGemma, canvas: torch.Tensor, attach: torch.Tensor, valid: torch.Tensor,
                  enc_kv, soft: torch.Tensor | None) -> torch.Tensor:
     """Every slot as its own row: canvas (B, K*C) -> hidden (B*K, C, H). Slot k of row b sees the
@@ -352,7 +375,8 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
     ar = None
     # the teacher is the converted base (the deltas off): its next-token beliefs are the targets
     # the decoder distils and the adapted encoder is held to, and its greedy tokens are the drafts
-    with torch.no_grad(), base_weights(model):
+    align = [int(i) for i in ac.align_layers.split(",")] if ac.align_weight else []
+    with torch.no_grad(), base_weights(model), layer_outputs(model, align) as teacher_layers:
         hidden, _ = run_encoder(model, ids)
         hidden = hidden.detach()
         base_logp = F.log_softmax(model.logits(hidden).float(), -1) if ac.encoder_kl_weight else None
@@ -401,7 +425,8 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         with torch.no_grad():
             first = model.logits(decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, None))
             soft = model.soft_embedding(first.to(model.embed.weight.dtype)).detach()
-    hid = decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, soft)
+    with layer_outputs(model, align) as decoder_layers:
+        hid = decode_slots(model, batch.canvas, batch.attach, batch.valid, enc_kv, soft)
     logits = model.logits(hid.reshape(-1, hid.shape[-1])[sel]).float()  # (n, V)
     scored = batch.targets.reshape(-1)[sel]
     per_token = F.cross_entropy(logits, scored, reduction="none")
@@ -411,6 +436,21 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         kl = F.kl_div(F.log_softmax(logits[distill], -1), teacher_logp, log_target=True, reduction="batchmean")
         out["kl"] = kl
         out["loss"] = ce + ac.distill_weight * kl
+    if align and distill.any():
+        rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
+        where = torch.nonzero(sel).flatten()[distill]  # flat decoder positions (B*K*C)
+        terms = []
+        for i in align:
+            # standardised per dimension by the teacher's statistics over the rows: the residual's
+            # few massive dimensions would otherwise make every position look alike
+            t = teacher_layers[i].float().reshape(-1, hid.shape[-1])
+            mean, std = t.mean(0), t.std(0)
+            std = std.clamp(min=1e-2 * float(std.mean()))
+            z = lambda h: (h.float() - mean) / std
+            terms.append(F.mse_loss(z(decoder_layers[i].reshape(-1, hid.shape[-1])[where]),
+                                    z(teacher_layers[i][rows, tpos[distill]])))
+        out["align"] = sum(terms) / len(terms)
+        out["loss"] = out["loss"] + ac.align_weight * out["align"]
     if ar is not None:
         out["ar"] = ar
         out["loss"] = out["loss"] + ar
