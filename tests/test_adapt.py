@@ -3,6 +3,7 @@ logits for the same prompt and canvas (a mismatch would train the decoder on inp
 sees at inference), and its draft slots hold the encoder's greedy tokens."""
 
 import random
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -251,3 +252,36 @@ def test_align_pulls_a_hidden_positions_layers_towards_the_teachers_at_its_left_
     grads = torch.autograd.grad(parts["align"], [d.B for d in deltas.values()], allow_unused=True)
     reached = {name.split(".")[1] for (name, d), gr in zip(deltas.items(), grads) if gr is not None and gr.abs().sum() > 0}
     assert reached == {"0"}
+
+
+def test_point_holes_decode_as_the_engine_decodes_a_one_position_canvas(tmp_path):
+    """--point-holes: one-token holes packed in one decoder row give, at each hole, the logits the
+    engine's decoder gives a one-position canvas attached after a prompt of that many tokens
+    (past the sliding window too); their losses are part of the step's."""
+    from engine.training.adapt import decode_points
+
+    model, config = _model(tmp_path)
+    g = torch.Generator().manual_seed(6)
+    S = 150  # longer than the tiny model's sliding window (64)
+    row = torch.randint(3, config.vocab_size, (1, S), generator=g)
+    at = torch.tensor([[1, 7, 64, 65, 100, 149]])
+    noise = torch.randint(3, config.vocab_size, at.shape, generator=g)
+    with torch.no_grad():
+        _, enc_kv = run_encoder(model, row)
+        packed = model.logits(decode_points(model, noise, at, enc_kv))[0]  # (P, V)
+        for i, p in enumerate(at[0].tolist()):
+            cache = KVCache(config, 1, model.dtype, row.device)
+            model.encode(row[:, :p], cache)
+            engine = model.decoder_logits(noise[:, i: i + 1], model.decoder_context(cache, 1), p, None)
+            torch.testing.assert_close(packed[i].float(), engine[0, 0].float(), atol=2e-4, rtol=2e-4)
+
+    ac = AdaptConfig(seq_len=96, slots=2, canvas=24, max_middle=8, max_tail=4, max_head=6, draft_prob=0.0,
+                     encoder_weight=0.0, encoder_kl_weight=0.0, point_holes=16)
+    tokens = [2] + torch.randint(3, config.vocab_size, (ac.seq_len,), generator=g).tolist()
+    batch = make_batch([tokens], ac, config.vocab_size, 5, 1, 0, torch.zeros(config.vocab_size, dtype=torch.bool),
+                       random.Random(0), g, torch.zeros(config.vocab_size, dtype=torch.bool))
+    with torch.no_grad():
+        with_points = losses(model, batch, ac, self_condition=False)
+        without = losses(model, batch, replace(ac, point_holes=0), self_condition=False)
+    assert with_points["point_ce"] > 0 and 0 <= with_points["point_acc"] <= 1
+    torch.testing.assert_close(with_points["loss"], without["loss"] + with_points["point_ce"] + with_points["point_kl"])
