@@ -20,9 +20,10 @@ def add_arguments(p):
     p.add_argument("--heldout", type=int, default=None, help="also report exact match on N held-out corpus holes")
     p.add_argument("--corpus", default="data/corpus", help="the corpus holding heldout.jsonl (for --heldout)")
     p.add_argument("--out-json", default=None, help="summary path (default runs/eval/<benchmark>.json)")
-    p.add_argument("--decoder", default="diffusion", choices=["diffusion", "causal"],
+    p.add_argument("--decoder", default="diffusion", choices=["diffusion", "causal", "commit"],
                    help="causal: the same checkpoint's encoder, greedy left to right from the prefix alone "
-                        "(the autoregressive baseline)")
+                        "(the autoregressive baseline); commit: the diffusion decoder on one-position "
+                        "canvases, each committed into the cache (the suffix unseen)")
 
 
 def run(args) -> int:

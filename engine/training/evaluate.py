@@ -152,6 +152,58 @@ class CausalBaseline:
         return [Infill(text, len(out), len(out), 1.0 if out else 0.0, (time.perf_counter() - t0) * 1000, 0.0, 0)]
 
 
+class CommitDecoder:
+    """The diffusion decoder on one-position canvases, committed left to right: each pass decodes a
+    canvas of one noise token attached after the cache (prompt + the middle so far), takes its
+    argmax (never the noise token itself, as `ignore_noise_tokens`), and encodes it into the cache;
+    to a newline (`one_line`), end of text, a filler or `max_middle_tokens`. The suffix is unseen.
+    It measures the decoder where its left neighbour is always in the KV cache (what
+    `--point-holes` trains), with the engine's `infill` signature like CausalBaseline. Evaluation only."""
+
+    def __init__(self, engine, *, one_line: bool, seed: int = 0):
+        self.engine, self.one_line, self.seed = engine, one_line, seed
+        self.root, self.generation = engine.root, engine.generation
+
+    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None):
+        import torch
+
+        with torch.no_grad():
+            return self._commit(prefix, max_middle_tokens)
+
+    def _commit(self, prefix: str, max_middle_tokens: int):
+        import torch
+
+        from ..api import Infill
+        from ..model import KVCache
+
+        t0 = time.perf_counter()
+        engine, tok = self.engine, self.engine.tokenizer
+        model = engine.model
+        noise = torch.Generator(device=model.device).manual_seed(self.seed)
+        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
+        ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - max_middle_tokens - 1)
+        cache = KVCache(engine.config, 1, model.dtype, model.device)
+        model.encode(torch.tensor([ids], device=model.device), cache)
+        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+        out: list[int] = []
+        while len(out) < max_middle_tokens:
+            canvas = torch.randint(0, model.config.vocab_size, (1, 1), generator=noise, device=model.device)
+            logits = model.decoder_logits(canvas, model.decoder_context(cache, 1), cache.length)[0, 0]
+            logits[canvas[0, 0]] = float("-inf")
+            token = int(logits.argmax())
+            if token in stops:
+                break
+            out.append(token)
+            if self.one_line and "\n" in tok.decode(out):
+                break
+            model.encode(torch.tensor([[token]], device=model.device), cache)
+        text = tok.decode(out)
+        return [Infill(text, len(out), len(out), 1.0 if out else 0.0, (time.perf_counter() - t0) * 1000, 0.0, 0)]
+
+
+BASELINES = {"causal": CausalBaseline, "commit": CommitDecoder}  # eval-infilling --decoder, beside "diffusion"
+
+
 def fill(engine, tasks: list[dict], *, steps: int | None, max_middle_tokens: int, kind: str | None = None,
          label: str = "infill") -> Iterator[Filled]:
     """Best middle per task, post-processed as `kind` (default: from the task id); progress
@@ -399,8 +451,8 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
     if engine is None:
         filled = [Filled(t["task_id"], "", "", 0, 0.0, 0.0) for t in tasks]
     else:
-        if decoder == "causal":
-            engine = CausalBaseline(engine, one_line=benchmark == "single-line")
+        if decoder in BASELINES:
+            engine = BASELINES[decoder](engine, one_line=benchmark == "single-line")
         engine.infill("def f(x):\n", "\n", max_middle_tokens=4, steps=2)  # first-call set-up, not timed
         filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens))
     t0 = time.perf_counter()
@@ -426,7 +478,7 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         "heldout": None,
     }
     if heldout and engine is not None:
-        held = CausalBaseline(model_engine, one_line=True) if decoder == "causal" else engine
+        held = BASELINES[decoder](model_engine, one_line=True) if decoder in BASELINES else engine
         summary["heldout"] = eval_heldout(held, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens,
                                           corpus=corpus)
     print(markdown(summary))
