@@ -181,17 +181,22 @@ def test_the_benchmark_folder_comes_from_the_environment_else_beside_the_working
     assert summary["tasks"] == 1 and (tmp_path / "runs/eval/single-line.baseline.json").is_file()
 
 
-def test_commit_decoder_commits_the_decoders_one_position_argmax_token_by_token(engine, tmp_path):
+@pytest.mark.parametrize("hole, head", [(1, 0), (3, 4)])
+def test_commit_decoder_commits_the_decoders_first_position_argmax_token_by_token(engine, tmp_path, hole, head):
     """--decoder commit: each middle token is the argmax (never the noise token itself) of the
-    engine's decoder on a one-position canvas attached after prompt + the middle so far, recomputed
-    here from a fresh cache for every token; eval-infilling scores it like the other decoders."""
+    engine's decoder at the first position of a canvas of `hole` noise tokens + the suffix's first
+    `head` tokens (+ end of text when the suffix fits), attached after prompt + the middle so far,
+    recomputed here from a fresh cache for every token; eval-infilling scores it like the others."""
     from engine.model import KVCache
     from engine.training.evaluate import CommitDecoder
 
-    decoder = CommitDecoder(engine, one_line=False, seed=3)
-    middle = decoder.infill("def add(a, b):\n    return ", "\n", max_middle_tokens=5)[0]
+    prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+    decoder = CommitDecoder(engine, one_line=False, seed=3, hole=hole, head=head)
+    middle = decoder.infill(prefix, suffix, max_middle_tokens=5)[0]
     tok, model = engine.tokenizer, engine.model
-    prompt = [tok.bos_id] + tok.encode("def add(a, b):\n    return ")
+    prompt = [tok.bos_id] + tok.encode(prefix)
+    suffix_ids = tok.encode(suffix)
+    clamped = (suffix_ids[:head] + ([tok.eos_ids[0]] if len(suffix_ids) <= head else [])) if head else []
     noise = torch.Generator().manual_seed(3)
     stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
     want: list[int] = []
@@ -199,9 +204,10 @@ def test_commit_decoder_commits_the_decoders_one_position_argmax_token_by_token(
         while len(want) < 5:
             cache = KVCache(engine.config, 1, model.dtype, model.device)
             model.encode(torch.tensor([prompt + want]), cache)
-            canvas = torch.randint(0, model.config.vocab_size, (1, 1), generator=noise)
+            noisy = torch.randint(0, model.config.vocab_size, (1, hole), generator=noise)
+            canvas = torch.cat([noisy, torch.tensor([clamped], dtype=torch.long)], 1)
             logits = model.decoder_logits(canvas, model.decoder_context(cache, 1), cache.length)[0, 0]
-            logits[canvas[0, 0]] = float("-inf")
+            logits[noisy[0, 0]] = float("-inf")
             if int(logits.argmax()) in stops:
                 break
             want.append(int(logits.argmax()))
@@ -210,5 +216,6 @@ def test_commit_decoder_commits_the_decoders_one_position_argmax_token_by_token(
 
     write_tasks(tmp_path / "HumanEval-SingleLineInfilling.jsonl.gz", [ADD])
     summary = eval_infilling(engine, "single-line", None, tmp_path, steps=2, max_middle_tokens=4, heldout=None,
-                             out_json=tmp_path / "commit.json", decoder="commit")
-    assert summary["decoder"] == "commit" and summary["tasks"] == 1
+                             out_json=tmp_path / "commit.json", decoder="commit",
+                             decoder_options={"hole": hole, "head": head})
+    assert summary["decoder"] == "commit" and summary["decoder_options"] == {"hole": hole, "head": head}

@@ -24,6 +24,9 @@ def add_arguments(p):
                    help="causal: the same checkpoint's encoder, greedy left to right from the prefix alone "
                         "(the autoregressive baseline); commit: the diffusion decoder on one-position "
                         "canvases, each committed into the cache (the suffix unseen)")
+    p.add_argument("--commit-hole", type=int, default=1, help="--decoder commit: noise positions a pass")
+    p.add_argument("--commit-head", type=int, default=0,
+                   help="--decoder commit: suffix tokens clamped after the hole (0: the suffix unseen)")
 
 
 def run(args) -> int:
@@ -33,5 +36,7 @@ def run(args) -> int:
     tasks_dir = Path(args.benchmarks) / "humaneval-infilling" if args.benchmarks else None
     eval_infilling(engine, args.benchmark, args.limit, tasks_dir, steps=args.steps,
                    max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json,
-                   decoder=args.decoder, corpus=args.corpus, command=args.command_line)
+                   decoder=args.decoder, corpus=args.corpus, command=args.command_line,
+                   decoder_options={"hole": args.commit_hole, "head": args.commit_head}
+                   if args.decoder == "commit" else None)
     return 0

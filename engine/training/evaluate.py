@@ -153,24 +153,26 @@ class CausalBaseline:
 
 
 class CommitDecoder:
-    """The diffusion decoder on one-position canvases, committed left to right: each pass decodes a
-    canvas of one noise token attached after the cache (prompt + the middle so far), takes its
-    argmax (never the noise token itself, as `ignore_noise_tokens`), and encodes it into the cache;
-    to a newline (`one_line`), end of text, a filler or `max_middle_tokens`. The suffix is unseen.
-    It measures the decoder where its left neighbour is always in the KV cache (what
-    `--point-holes` trains), with the engine's `infill` signature like CausalBaseline. Evaluation only."""
+    """The diffusion decoder committing one position a pass: each pass decodes a canvas of `hole`
+    noise tokens attached after the cache (prompt + the middle so far), then the suffix's first
+    `head` tokens clamped (and end of text where the whole suffix fits), takes the argmax of its
+    first position (never the noise token itself, as `ignore_noise_tokens`) and encodes it into the
+    cache; to a newline (`one_line`), end of text, a filler or `max_middle_tokens`. hole 1, head 0
+    (the default): one-position canvases, the suffix unseen. It measures the decoder where its left
+    neighbour is always in the KV cache (what `--point-holes` trains), with the engine's `infill`
+    signature like CausalBaseline. Evaluation only."""
 
-    def __init__(self, engine, *, one_line: bool, seed: int = 0):
-        self.engine, self.one_line, self.seed = engine, one_line, seed
+    def __init__(self, engine, *, one_line: bool, seed: int = 0, hole: int = 1, head: int = 0):
+        self.engine, self.one_line, self.seed, self.hole, self.head = engine, one_line, seed, hole, head
         self.root, self.generation = engine.root, engine.generation
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None):
         import torch
 
         with torch.no_grad():
-            return self._commit(prefix, max_middle_tokens)
+            return self._commit(prefix, suffix, max_middle_tokens)
 
-    def _commit(self, prefix: str, max_middle_tokens: int):
+    def _commit(self, prefix: str, suffix: str, max_middle_tokens: int):
         import torch
 
         from ..api import Infill
@@ -180,16 +182,23 @@ class CommitDecoder:
         engine, tok = self.engine, self.engine.tokenizer
         model = engine.model
         noise = torch.Generator(device=model.device).manual_seed(self.seed)
+        suffix_ids = tok.encode(suffix) if self.head else []
+        end = [tok.eos_ids[0]] if self.head and tok.eos_ids and len(suffix_ids) <= self.head else []
+        clamped = torch.tensor([suffix_ids[: self.head] + end], dtype=torch.long, device=model.device)
         ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
-        ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - max_middle_tokens - 1)
+        ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - max_middle_tokens - self.hole
+                                - clamped.shape[1])
         cache = KVCache(engine.config, 1, model.dtype, model.device)
         model.encode(torch.tensor([ids], device=model.device), cache)
         stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
         out: list[int] = []
+        passes = 0
         while len(out) < max_middle_tokens:
-            canvas = torch.randint(0, model.config.vocab_size, (1, 1), generator=noise, device=model.device)
+            hole = torch.randint(0, model.config.vocab_size, (1, self.hole), generator=noise, device=model.device)
+            canvas = torch.cat([hole, clamped], 1)
             logits = model.decoder_logits(canvas, model.decoder_context(cache, 1), cache.length)[0, 0]
-            logits[canvas[0, 0]] = float("-inf")
+            passes += 1
+            logits[hole[0, 0]] = float("-inf")
             token = int(logits.argmax())
             if token in stops:
                 break
@@ -198,7 +207,8 @@ class CommitDecoder:
                 break
             model.encode(torch.tensor([[token]], device=model.device), cache)
         text = tok.decode(out)
-        return [Infill(text, len(out), len(out), 1.0 if out else 0.0, (time.perf_counter() - t0) * 1000, 0.0, 0)]
+        return [Infill(text, len(out), passes, len(out) / max(passes, 1), (time.perf_counter() - t0) * 1000, 0.0,
+                       self.hole)]
 
 
 BASELINES = {"causal": CausalBaseline, "commit": CommitDecoder}  # eval-infilling --decoder, beside "diffusion"
@@ -433,7 +443,7 @@ def markdown(summary: dict) -> str:
 def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
                    max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
                    timeout: float = TIMEOUT_S, decoder: str = "diffusion", corpus: str | Path = CORPUS_DIR,
-                   command: str | None = None) -> dict:
+                   command: str | None = None, decoder_options: dict | None = None) -> dict:
     """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
     the empty-completion baseline from the same run. `decoder="causal"` scores the same checkpoint's
     left-to-right baseline (CausalBaseline) instead. Prints a Markdown table; writes the summary to
@@ -452,7 +462,7 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         filled = [Filled(t["task_id"], "", "", 0, 0.0, 0.0) for t in tasks]
     else:
         if decoder in BASELINES:
-            engine = BASELINES[decoder](engine, one_line=benchmark == "single-line")
+            engine = BASELINES[decoder](engine, one_line=benchmark == "single-line", **(decoder_options or {}))
         engine.infill("def f(x):\n", "\n", max_middle_tokens=4, steps=2)  # first-call set-up, not timed
         filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens))
     t0 = time.perf_counter()
@@ -469,7 +479,8 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         "checkpoint_step": _checkpoint_step(root), "tasks": len(tasks), "limit": limit,
         "subset": "all" if len(tasks) == len(every_task) else f"stride {len(every_task)}/{len(tasks)}",
         "steps": steps if steps is not None else (engine.generation.max_denoising_steps if engine else None),
-        "max_middle_tokens": max_middle_tokens, "decoder": decoder,
+        "max_middle_tokens": max_middle_tokens, "decoder": decoder, **({"decoder_options": decoder_options}
+                                                                       if decoder_options else {}),
         "pass@1": sum(o.passed for o in model_outcomes) / max(len(tasks), 1),
         "baseline_pass@1": sum(o.passed for o in baseline_outcomes) / max(len(tasks), 1),
         "timeouts": sum(o.status == "timeout" for o in model_outcomes),
@@ -478,7 +489,8 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         "heldout": None,
     }
     if heldout and engine is not None:
-        held = BASELINES[decoder](model_engine, one_line=True) if decoder in BASELINES else engine
+        held = BASELINES[decoder](model_engine, one_line=True, **(decoder_options or {})) if decoder in BASELINES \
+            else engine
         summary["heldout"] = eval_heldout(held, int(heldout), steps=steps, max_middle_tokens=max_middle_tokens,
                                           corpus=corpus)
     print(markdown(summary))
