@@ -45,7 +45,8 @@ from ..config import GenerationConfig
 from ..gemma3 import apply_adapter, delta_targets, frozen_by_mapping
 from ..model import DiffusionGemma
 from ..tokenizer import Tokenizer
-from .train import Rows, adam_tensors, masked_attention, run_encoder  # Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
+# Rows: Gemma's pad/eos/bos are 0/1/2, as train.py's
+from .train import Rows, adam_tensors, decoder_masks, masked_attention, run_decoder, run_encoder
 
 log = logging.getLogger("dgemma.adapt")
 
@@ -384,21 +385,10 @@ def decode_points(model: DiffusionGemma, noise: torch.Tensor, at: torch.Tensor, 
     """One-token holes packed in one decoder row: noise (B, P) tokens at row positions at (B, P) ->
     hidden (B, P, H). Hole i sees the row's encoder keys before at[i] (the last window-1 of them on
     sliding layers) and itself: what the engine's decoder computes for a one-position canvas
-    attached after a prompt of at[i] tokens."""
-    P = at.shape[1]
-    S = enc_kv[0][0].shape[2]
-    j = torch.arange(S)[None, None]
-    enc_full = j < at[..., None]  # (B, P, S)
-    enc_slide = enc_full & (j > at[..., None] - model.config.sliding_window)
-    own = torch.eye(P, dtype=torch.bool).expand(at.shape[0], -1, -1)
-    masks = {sliding: torch.cat([enc, own], -1)[:, None] for sliding, enc in ((False, enc_full), (True, enc_slide))}
-
-    def attend(i, spec, q, k, v):
-        ek, ev = enc_kv[i]
-        return masked_attention(q, torch.cat([ek, k], 2), torch.cat([ev, v], 2), masks[spec.sliding])
-
-    x = model.self_condition(model.embed_tokens(noise), None)
-    return model.run(x, at, attend, decoder=True)
+    attached after a prompt of at[i] tokens (train.py's packed slots, each one position wide)."""
+    masks = decoder_masks(at, torch.ones_like(at, dtype=torch.bool), enc_kv[0][0].shape[2], 1,
+                          model.config.sliding_window)
+    return run_decoder(model, noise, at, enc_kv, masks, None)
 
 
 def point_losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, enc_kv, teacher) -> dict[str, torch.Tensor]:
@@ -466,10 +456,10 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
     # the teacher sees the prefix only: distil where the canvas hides the token (a noised
     # position); where the clean token is visible, the target is to keep it, not the prefix's guess
     distill = (tpos >= 0) & batch.noised.reshape(-1)[sel]
+    distill_rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
     teacher_logp = None
     if ac.distill_weight and distill.any():
-        rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
-        teacher_logp = teacher(rows, tpos[distill])
+        teacher_logp = teacher(distill_rows, tpos[distill])
     soft = None
     if self_condition:
         with torch.no_grad():
@@ -487,7 +477,6 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         out["kl"] = kl
         out["loss"] = ce + ac.distill_weight * kl
     if align and distill.any():
-        rows = torch.arange(B)[:, None].expand_as(batch.teacher_pos).reshape(-1)[sel][distill]
         where = torch.nonzero(sel).flatten()[distill]  # flat decoder positions (B*K*C)
         terms = []
         for i in align:
@@ -498,7 +487,7 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
             std = std.clamp(min=1e-2 * float(std.mean()))
             z = lambda h: (h.float() - mean) / std
             terms.append(F.mse_loss(z(decoder_layers[i].reshape(-1, hid.shape[-1])[where]),
-                                    z(teacher_layers[i][rows, tpos[distill]])))
+                                    z(teacher_layers[i][distill_rows, tpos[distill]])))
         out["align"] = sum(terms) / len(terms)
         out["loss"] = out["loss"] + ac.align_weight * out["align"]
     if ac.point_holes:

@@ -108,6 +108,35 @@ class Filled:
     ms: float
 
 
+def _one_at_a_time(engine, prefix: str, *, reserve: int, max_middle_tokens: int, one_line: bool, stops: set[int],
+                   next_token) -> tuple[list[int], int]:
+    """bos + prefix (cut to leave `reserve` positions) encoded into a fresh cache, then a middle one
+    token at a time: `next_token(cache, hidden)` (hidden: the last encode's output) picks it and it is
+    encoded into the cache, until a stop id, a newline (`one_line`) or `max_middle_tokens`.
+    Returns the middle and how many tokens were picked (the stop included)."""
+    import torch
+
+    from ..model import KVCache
+
+    tok, model = engine.tokenizer, engine.model
+    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
+    ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - reserve)
+    cache = KVCache(engine.config, 1, model.dtype, model.device)
+    hidden = model.encode(torch.tensor([ids], device=model.device), cache)
+    out: list[int] = []
+    picks = 0
+    while len(out) < max_middle_tokens:
+        token = next_token(cache, hidden)
+        picks += 1
+        if token in stops:
+            break
+        out.append(token)
+        if one_line and "\n" in tok.decode(out):
+            break
+        hidden = model.encode(torch.tensor([[token]], device=model.device), cache)
+    return out, picks
+
+
 class CausalBaseline:
     """The same checkpoint decoded left to right by its causal encoder (trained with the next-token
     loss beside the diffusion loss): greedy from the prefix alone, the suffix unseen, until a
@@ -126,28 +155,14 @@ class CausalBaseline:
             return self._greedy(prefix, max_middle_tokens)
 
     def _greedy(self, prefix: str, max_middle_tokens: int):
-        import torch
-
         from ..api import Infill
-        from ..model import KVCache
 
         t0 = time.perf_counter()
-        engine, tok = self.engine, self.engine.tokenizer
-        model = engine.model
-        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
-        ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - max_middle_tokens)
-        cache = KVCache(engine.config, 1, model.dtype, model.device)
-        hidden = model.encode(torch.tensor([ids], device=model.device), cache)
+        tok, model = self.engine.tokenizer, self.engine.model
         stops = set(tok.eos_ids) | ({tok.pad_id} if tok.pad_id is not None else set())
-        out: list[int] = []
-        while len(out) < max_middle_tokens:
-            token = int(model.logits(hidden[:, -1]).argmax(-1))
-            if token in stops:
-                break
-            out.append(token)
-            if self.one_line and "\n" in tok.decode(out):
-                break
-            hidden = model.encode(torch.tensor([[token]], device=model.device), cache)
+        out, _ = _one_at_a_time(self.engine, prefix, reserve=max_middle_tokens, max_middle_tokens=max_middle_tokens,
+                                one_line=self.one_line, stops=stops,
+                                next_token=lambda cache, hidden: int(model.logits(hidden[:, -1]).argmax(-1)))
         text = tok.decode(out)
         return [Infill(text, len(out), len(out), 1.0 if out else 0.0, (time.perf_counter() - t0) * 1000, 0.0, 0)]
 
@@ -176,36 +191,25 @@ class CommitDecoder:
         import torch
 
         from ..api import Infill
-        from ..model import KVCache
 
         t0 = time.perf_counter()
-        engine, tok = self.engine, self.engine.tokenizer
-        model = engine.model
+        tok, model = self.engine.tokenizer, self.engine.model
         noise = torch.Generator(device=model.device).manual_seed(self.seed)
         suffix_ids = tok.encode(suffix) if self.head else []
         end = [tok.eos_ids[0]] if self.head and tok.eos_ids and len(suffix_ids) <= self.head else []
         clamped = torch.tensor([suffix_ids[: self.head] + end], dtype=torch.long, device=model.device)
-        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prefix)
-        ids = engine.fit_prompt(ids, engine.config.max_position_embeddings - max_middle_tokens - self.hole
-                                - clamped.shape[1])
-        cache = KVCache(engine.config, 1, model.dtype, model.device)
-        model.encode(torch.tensor([ids], device=model.device), cache)
-        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
-        out: list[int] = []
-        passes = 0
-        while len(out) < max_middle_tokens:
+
+        def first_position(cache, hidden) -> int:
             hole = torch.randint(0, model.config.vocab_size, (1, self.hole), generator=noise, device=model.device)
             canvas = torch.cat([hole, clamped], 1)
             logits = model.decoder_logits(canvas, model.decoder_context(cache, 1), cache.length)[0, 0]
-            passes += 1
             logits[hole[0, 0]] = float("-inf")
-            token = int(logits.argmax())
-            if token in stops:
-                break
-            out.append(token)
-            if self.one_line and "\n" in tok.decode(out):
-                break
-            model.encode(torch.tensor([[token]], device=model.device), cache)
+            return int(logits.argmax())
+
+        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+        out, passes = _one_at_a_time(self.engine, prefix, reserve=max_middle_tokens + self.hole + clamped.shape[1],
+                                     max_middle_tokens=max_middle_tokens, one_line=self.one_line, stops=stops,
+                                     next_token=first_position)
         text = tok.decode(out)
         return [Infill(text, len(out), passes, len(out) / max(passes, 1), (time.perf_counter() - t0) * 1000, 0.0,
                        self.hole)]
