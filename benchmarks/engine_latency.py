@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import RESULTS, fim_requests, markdown, ms_of, pct, write_result
-from engine.api import DEFAULT_MODEL, Engine
+from engine.api import SMALL_MODEL, Engine
 from engine.checkpoint import load_model, weight_files
 from engine.constants import MAX_MIDDLE_TOKENS
 from engine.generate import generate_blocks
@@ -49,7 +49,7 @@ VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_att
 
 
 def default_model() -> Path | None:
-    for path in (RUN_MODEL, DEFAULT_MODEL):
+    for path in (RUN_MODEL, SMALL_MODEL):
         if (path / "model.safetensors").exists():
             return path
     return None

@@ -45,6 +45,8 @@ class Backend(Protocol):
         entropy_bound: float | None = None,
         seed: int = 0,
         should_stop: StopPredicate | None = None,
+        one_line: bool = False,  # the fill's scope is a line: a model decoding token by token may stop there
+        stop_when: Callable[[str], bool] | None = None,  # ... or once this says the middle so far left its scope
     ) -> Sequence[Any]: ...  # each with .text, .steps, .tokens, .ms, .tokens_per_forward
 
 # A round is one batch of candidates; when post-processing rejects all of them the next round
@@ -140,6 +142,8 @@ def generate(
         entropy_bound=settings.entropy_bound,
         seed=seed,
         should_stop=should_stop,
+        one_line=ctx.scope == "line",
+        stop_when=lambda middle: postprocess.scope_ended(middle, ctx),
     )
     usage.add(infills)
     return [infill.text for infill in infills]

@@ -64,13 +64,13 @@ class BackendConfig:
 
 
 def counting_tokenizer() -> Tokenizer:
-    """Context windows are token budgets counted before the request leaves: the embedded model's
+    """Context windows are token budgets counted before the request leaves: the small model's
     BPE tokenizer counts for a remote model (its own tokenizer is on the server; the server cuts
     a prompt that is still too long to its model's positions)."""
     # engine.api imports torch: only once a remote backend is made
-    from engine.api import DEFAULT_MODEL
+    from engine.api import SMALL_MODEL
 
-    return Tokenizer(DEFAULT_MODEL / "tokenizer.json")
+    return Tokenizer(SMALL_MODEL / "tokenizer.json")
 
 
 class HttpBackend:
@@ -183,7 +183,8 @@ class DgemmaBackend(HttpBackend):
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
-               should_stop: Callable[[], bool] | None = None) -> list[RemoteInfill]:
+               should_stop: Callable[[], bool] | None = None, one_line: bool = False,
+               stop_when: Callable[[str], bool] | None = None) -> list[RemoteInfill]:
         extra = {"user": self.client_id}
         if steps is not None:
             extra["dgemma_steps"] = steps
@@ -200,7 +201,8 @@ class OpenAIBackend(HttpBackend):
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
-               should_stop: Callable[[], bool] | None = None) -> list[RemoteInfill]:
+               should_stop: Callable[[], bool] | None = None, one_line: bool = False,
+               stop_when: Callable[[str], bool] | None = None) -> list[RemoteInfill]:
         if not self.use_chat:
             try:
                 return self.completions_fim(prefix, suffix, max_middle_tokens, num_candidates, seed, should_stop)

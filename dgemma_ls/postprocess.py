@@ -189,6 +189,12 @@ def cut_to_scope(middle: str, ctx: FimContext) -> str:
     return "\n".join(kept)
 
 
+def scope_ended(middle: str, ctx: FimContext) -> bool:
+    """Whether a middle being written token by token has already left the fill's scope: what
+    cut_to_scope cuts off holds code (the line that starts the next statement or block)."""
+    return bool(middle[len(cut_to_scope(middle, ctx)):].strip())
+
+
 def _continues(line: str, previous: str, depth: int, base: int, ctx: FimContext) -> bool:
     """Whether line still belongs to the statement or block that previous is part of."""
     return (

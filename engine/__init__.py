@@ -7,9 +7,9 @@ which nothing here imports. Names below load engine.api (and torch) on first use
 
 from .errors import Cancelled, CheckpointError, EngineError
 
-_API = ("DEFAULT_MODEL", "Continuation", "Engine", "Infill")
+_API = ("SMALL_MODEL", "Continuation", "Engine", "Infill")
 
-__all__ = ["DEFAULT_MODEL", "Cancelled", "CheckpointError", "Continuation", "Engine", "EngineError", "Infill",
+__all__ = ["SMALL_MODEL", "Cancelled", "CheckpointError", "Continuation", "Engine", "EngineError", "Infill",
            "set_threads"]
 
 

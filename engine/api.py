@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import GenerationConfig
-from .errors import EngineError
+from .errors import Cancelled, EngineError
 from .generate import CompiledStep, Draft, denoise, generate_blocks
 from .infill import candidate_lengths, extract_middle, plan_canvas, plan_fim, stack_plans
 from .model import KVCache
@@ -25,7 +25,9 @@ from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(__file__).parent / "default_model"
+# the small model trained from scratch here (7.4 M parameters; the default until 2026-12-05, now
+# `--model engine/default_model`); Engine.load(None) builds the embedded Gemma 3 model (engine.embedded)
+SMALL_MODEL = Path(__file__).parent / "default_model"
 # prefix-tail / suffix-head tokens clamped beside a hole: 4, 8, 16 and 32 gave the embedded model
 # the same held-out edit similarity (docs/engine.md) and the step's cost grows with the canvas width
 CANVAS_CONTEXT_TOKENS = 8
@@ -71,13 +73,15 @@ class Engine:
         self.compile_status = ""  # what compile() did, for describe()
         self._cache: KVCache | None = None
         self._cached_ids: list[int] = []
-        self.encoded_tokens = 0  # prompt tokens actually encoded, for reuse accounting
+        self.encoded_tokens = 0  # tokens actually encoded (prompts, committed middles), for reuse accounting
         self.quantize = "none"  # the weight quantization it was loaded with (Engine.load)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", dtype: str = "auto",
-             compile: bool = False, quantize: str = "none") -> "Engine":
-        """Load a checkpoint directory or HF cache snapshot; None loads the embedded default model.
+             compile: bool = False, quantize: str = "none",
+             progress: Callable[[str], None] | None = None) -> "Engine":
+        """Load a checkpoint directory or HF cache snapshot; None loads the embedded default model
+        (built under the user's cache on first use: engine.embedded, `progress` hears its steps).
 
         `quantize`: none, int8, int4 or fp8: weight-only, as the weights stream in (engine.quantize).
 
@@ -86,9 +90,9 @@ class Engine:
         Loading leaves torch's CPU threads alone: they are the process's to set (engine.set_threads,
         called by the `dgemma` and `dgemma-ls` entry points)."""
         if path is None:
-            path = DEFAULT_MODEL
-            if not (DEFAULT_MODEL / "model.safetensors").exists():
-                raise EngineError(f"the embedded default model is missing ({DEFAULT_MODEL}); pass a model path")
+            from .embedded import materialize
+
+            path = materialize(progress=progress)
         device = resolve_device(device)
         model, config, gen, root = load_model(path, dtype=dtype, device=device, quantize=quantize)
         tokenizer = Tokenizer(root / "tokenizer.json", bos_id=config.bos_token_id,
@@ -261,12 +265,72 @@ class Engine:
             seeded[i, p.hole] = torch.tensor(ids, device=canvas.device)
         return seeded, torch.zeros_like(clamped)
 
+    @torch.no_grad()
+    def _infill_committing(self, pre: list[int], suf: list[int], gen: GenerationConfig, *, max_middle_tokens: int,
+                           seed: int, one_line: bool, stop_when, should_stop, on_step, t0: float) -> Infill:
+        """The middle one committed token a decoder pass (GenerationConfig.commit_hole): each pass
+        decodes a canvas of `commit_hole` uniform-noise positions right after the cache (prompt +
+        the middle so far) and the suffix's first `commit_head` tokens clamped (+ end of text where
+        the whole suffix fits), takes the argmax at its first position (never that position's own
+        noise token, with ignore_noise_tokens) and encodes it into the cache; it stops at end of
+        text, pad or a filler there, at the end of the first non-blank line (`one_line`), once
+        `stop_when(middle so far)` is true (the caller's scope has ended) or after `max_middle_tokens`. The cache keeps the committed tokens, so the next keystroke's prefill
+        re-encodes only what changed. Score: the mean log-probability of the picks (the stop's too)."""
+        tok, model = self.tokenizer, self.model
+        eos = tok.eos_ids[0] if tok.eos_ids else None
+        head = suf[: gen.commit_head]
+        known = head + ([eos] if gen.commit_head and eos is not None and len(suf) <= gen.commit_head else [])
+        width = gen.commit_hole + len(known)
+        if width > self.config.canvas_length:
+            raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length "
+                              f"{self.config.canvas_length}")
+        prompt = ([tok.bos_id] if tok.bos_id is not None else []) + pre
+        prompt = self.fit_prompt(prompt, self.config.max_position_embeddings - max_middle_tokens - width)
+        cache = self.prefill(prompt)
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        clamped = torch.tensor([known], dtype=torch.long, device=model.device)
+        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+        out: list[int] = []
+        passes, logprob = 0, 0.0
+        while len(out) < max_middle_tokens:
+            if should_stop is not None and should_stop():
+                raise Cancelled("generation cancelled")
+            hole = torch.randint(0, self.config.vocab_size, (1, gen.commit_hole), generator=generator,
+                                 device=model.device)
+            logits = model.decoder_logits(torch.cat([hole, clamped], 1), model.decoder_context(cache, 1),
+                                          cache.length)[0, 0]
+            if gen.ignore_noise_tokens:
+                logits[hole[0, 0]] = float("-inf")
+            token = int(logits.argmax())
+            logprob += float(torch.log_softmax(logits.float(), -1)[token])
+            passes += 1
+            if token in stops:
+                break
+            out.append(token)
+            model.encode(torch.tensor([[token]], device=model.device), cache)
+            self._cached_ids.append(token)
+            self.encoded_tokens += 1
+            text = tok.decode(out)
+            if on_step is not None:
+                on_step(passes, text)
+            if (one_line and "\n" in text.lstrip()) or (stop_when is not None and stop_when(text)):
+                break
+        text = tok.decode(out)
+        return Infill(text, len(out), passes, len(out) / max(passes, 1), (time.perf_counter() - t0) * 1000,
+                      logprob / max(passes, 1), gen.commit_hole)
+
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
                mode: str = "canvas", context_tokens: int = CANVAS_CONTEXT_TOKENS, exact: bool = False,
-               should_stop: Callable[[], bool] | None = None,
+               should_stop: Callable[[], bool] | None = None, one_line: bool = False,
+               stop_when: Callable[[str], bool] | None = None,
                on_step: Callable[[int, str], None] | None = None) -> list[Infill]:
-        """Fill the middle between `prefix` and `suffix`; candidates come best first, deduplicated."""
+        """Fill the middle between `prefix` and `suffix`; candidates come best first, deduplicated.
+
+        A checkpoint whose generation config sets `commit_hole` fills by committing (one candidate,
+        the greedy one; `one_line` stops it at the end of its first line, `stop_when(text)` where
+        the caller says: see _infill_committing);
+        otherwise the hole is one canvas denoised whole."""
         t0 = time.perf_counter()
         if max_middle_tokens < 1:
             raise EngineError(f"max_middle_tokens must be >= 1, got {max_middle_tokens}")
@@ -275,6 +339,10 @@ class Engine:
         tok = self.tokenizer
         gen = self._generation(steps, entropy_bound)
         pre, suf = tok.encode(prefix), tok.encode(suffix)
+        if gen.commit_hole and mode == "canvas":
+            return [self._infill_committing(pre, suf, gen, max_middle_tokens=max_middle_tokens, seed=seed,
+                                            one_line=one_line, stop_when=stop_when, should_stop=should_stop,
+                                            on_step=on_step, t0=t0)]
         eos = tok.eos_ids[0] if tok.eos_ids else None
         width = self.config.canvas_length
         hole_cap = max(1, min(max_middle_tokens, width - 2 * min(context_tokens, width // 8)))

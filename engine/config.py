@@ -172,6 +172,15 @@ class GenerationConfig:
     # middle (to the first newline) instead of uniform noise; the decoder then denoises from it,
     # seeing the suffix, and may keep or rewrite every draft token (engine/api.py Engine.infill)
     encoder_draft: bool = False
+    # ours, 0 (off) by default: committing infilling (Engine.infill). Each decoder pass denoises a
+    # hole of `commit_hole` noise positions placed right after the KV cache (the prompt and the
+    # middle so far), then the suffix's first `commit_head` tokens clamped (and end of text where
+    # the whole suffix fits); the argmax at the hole's first position is committed, encoded into
+    # the cache, and the next pass starts after it, until end of text, a filler, a newline (one-line
+    # fills) or the token budget. For a decoder that reads cached states far better than canvas
+    # ones: the Gemma 3 adaptation (engine/embedded_model/README.md).
+    commit_hole: int = 0
+    commit_head: int = 0
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, int):
@@ -195,6 +204,12 @@ class GenerationConfig:
             raise ValueError(f"ignore_noise_tokens must be true or false, got {self.ignore_noise_tokens!r}")
         if not isinstance(self.encoder_draft, bool):
             raise ValueError(f"encoder_draft must be true or false, got {self.encoder_draft!r}")
+        for name in ("commit_hole", "commit_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.commit_head and not self.commit_hole:
+            raise ValueError("commit_head needs commit_hole >= 1 (committing infilling)")
 
     @classmethod
     def from_hf_dict(cls, raw: dict) -> "GenerationConfig":
@@ -213,6 +228,8 @@ class GenerationConfig:
             "pad_token_id": raw.get("pad_token_id"),
             "ignore_noise_tokens": raw.get("ignore_noise_tokens"),
             "encoder_draft": raw.get("encoder_draft"),
+            "commit_hole": raw.get("commit_hole"),
+            "commit_head": raw.get("commit_head"),
         }
         for key, value in values.items():
             if value is not None:
@@ -233,6 +250,7 @@ class GenerationConfig:
             "pad_token_id": self.pad_token_id,
             **({"ignore_noise_tokens": True} if self.ignore_noise_tokens else {}),
             **({"encoder_draft": True} if self.encoder_draft else {}),
+            **({"commit_hole": self.commit_hole, "commit_head": self.commit_head} if self.commit_hole else {}),
         }
 
 

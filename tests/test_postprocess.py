@@ -163,3 +163,26 @@ def test_unclosed_openers(language, text, expected):
 
 def test_bracket_events_skip_unterminated_strings_at_line_end():
     assert list(bracket_events("x = 'abc(\ny = (", "python")) == [(14, "(")]
+
+
+@pytest.mark.parametrize(
+    "marked, middle, ended",
+    [
+        # statement scope: still inside the statement (open bracket, its own lines) vs the next one begun
+        ("def f(a):\n    b = a + 1\n    ‸\n    return b\n", "c = foo(b,\n", False),
+        ("def f(a):\n    b = a + 1\n    ‸\n    return b\n", "c = foo(b,\n        2)\n", False),
+        ("def f(a):\n    b = a + 1\n    ‸\n    return b\n", "c = b * 2\n", False),
+        ("def f(a):\n    b = a + 1\n    ‸\n    return b\n", "c = b * 2\n    d", True),
+        # block scope: the body until a line dedents
+        ("def f(a):‸\n", "\n    return a + 1\n", False),
+        ("def f(a):‸\n", "\n    return a + 1\npri", True),
+    ],
+)
+def test_scope_ended_says_when_a_middle_written_token_by_token_left_its_scope(marked, middle, ended):
+    from dgemma_ls.postprocess import cut_to_scope, scope_ended
+
+    cursor = marked.index(CURSOR)
+    tree = SyntaxTree(marked.replace(CURSOR, ""), "python")
+    ctx = build_context(tree, cursor, count_tokens=words)
+    assert scope_ended(middle, ctx) is ended
+    assert middle.startswith(cut_to_scope(middle, ctx))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,4 +20,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def load_engine(args: argparse.Namespace):
     from engine.api import Engine
 
-    return Engine.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    def progress(message: str) -> None:  # the embedded model's first-use build (about a minute)
+        print(f"dgemma: {message}", file=sys.stderr, flush=True)
+
+    return Engine.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, progress=progress)

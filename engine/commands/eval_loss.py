@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def add_arguments(p):
-    p.add_argument("--model", default=None, help="checkpoint directory (default: embedded)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory (default: the small model, engine/default_model)")
     p.add_argument("--corpus", default="data/corpus")
     p.add_argument("--rows", type=int, default=64, help="held-out rows of the trained context (default 64)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per row (default 512, the trained context)")
@@ -20,7 +21,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from engine.api import DEFAULT_MODEL
+    from engine.api import SMALL_MODEL
     from engine.training.provenance import stamp
     from engine.training.train import heldout_loss, paired_difference
 
@@ -31,7 +32,7 @@ def run(args) -> int:
     if args.rows < 1:
         print(f"dgemma: error: --rows must be >= 1, got {args.rows}", file=sys.stderr)
         return 2
-    model = args.model or str(DEFAULT_MODEL)
+    model = args.model or str(SMALL_MODEL)
     scores = [heldout_loss(m, args.corpus, rows=args.rows, seq_len=args.seq_len, seed=args.seed)
               for m in [model] + ([args.compare] if args.compare else [])]
     summaries = [{"model": m, **{k: v for k, v in score.items() if k != "per_batch"}}

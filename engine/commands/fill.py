@@ -18,6 +18,9 @@ def add_arguments(p):
     p.add_argument("--col", type=int, required=True, help="1-based column")
     p.add_argument("--max-middle-tokens", type=int, default=48)
     p.add_argument("--mode", default="canvas", choices=["canvas", "fim"])
+    p.add_argument("--scope", default="auto", choices=["auto", "line", "any"],
+                   help="line: a committing model stops at the end of the line it writes; auto (default): line "
+                        "when code precedes the cursor on its line")
     p.add_argument("--visual", action="store_true", help="redraw the draft middle per denoising step")
     p.add_argument("--visual-delay", type=float, default=0.05)
 
@@ -67,8 +70,10 @@ def run(args) -> int:
             sys.stderr.write(f"step {step:3d}\n\x1b[2m{tail}\x1b[0m\x1b[7m{draft}\x1b[0m\x1b[2m{head}\x1b[0m\n")
             sys.stderr.flush()
             time.sleep(args.visual_delay)
+    line_start = prefix.rsplit("\n", 1)[-1]
+    one_line = args.scope == "line" or (args.scope == "auto" and bool(line_start.strip()))
     results = engine.infill(prefix, suffix, max_middle_tokens=args.max_middle_tokens, steps=args.steps,
-                            seed=args.seed, mode=args.mode, on_step=on_step)
+                            seed=args.seed, mode=args.mode, on_step=on_step, one_line=one_line)
     best = results[0]
     sys.stdout.write(best.text + ("\n" if not best.text.endswith("\n") else ""))
     print(f"[{best.tokens} tokens, {best.steps} steps, {best.tokens_per_forward:.2f} tokens/forward, "

@@ -148,7 +148,7 @@ class CausalBaseline:
         self.engine, self.one_line = engine, one_line
         self.root, self.generation = engine.root, engine.generation
 
-    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None):
+    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None, one_line=None):
         import torch
 
         with torch.no_grad():
@@ -168,66 +168,43 @@ class CausalBaseline:
 
 
 class CommitDecoder:
-    """The diffusion decoder committing one position a pass: each pass decodes a canvas of `hole`
-    noise tokens attached after the cache (prompt + the middle so far), then the suffix's first
-    `head` tokens clamped (and end of text where the whole suffix fits), takes the argmax of its
-    first position (never the noise token itself, as `ignore_noise_tokens`) and encodes it into the
-    cache; to a newline (`one_line`), end of text, a filler or `max_middle_tokens`. hole 1, head 0
-    (the default): one-position canvases, the suffix unseen. It measures the decoder where its left
-    neighbour is always in the KV cache (what `--point-holes` trains), with the engine's `infill`
-    signature like CausalBaseline. Evaluation only."""
+    """The engine's committing infilling (GenerationConfig.commit_hole, Engine._infill_committing)
+    with the hole and suffix head given here, whatever the checkpoint's generation config says:
+    each pass a canvas of `hole` noise positions after the cache, then the suffix's first `head`
+    tokens clamped; the first position's argmax is committed; one line for single-line tasks. hole
+    1, head 0 (the default): one-position canvases, the suffix unseen, the decoder's left neighbour
+    always in the KV cache (what `--point-holes` trains). The noise token is never picked."""
 
     def __init__(self, engine, *, one_line: bool, seed: int = 0, hole: int = 1, head: int = 0):
         self.engine, self.one_line, self.seed, self.hole, self.head = engine, one_line, seed, hole, head
         self.root, self.generation = engine.root, engine.generation
 
-    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None):
-        import torch
-
-        with torch.no_grad():
-            return self._commit(prefix, suffix, max_middle_tokens)
-
-    def _commit(self, prefix: str, suffix: str, max_middle_tokens: int):
-        import torch
-
-        from ..api import Infill
-
-        t0 = time.perf_counter()
-        tok, model = self.engine.tokenizer, self.engine.model
-        noise = torch.Generator(device=model.device).manual_seed(self.seed)
-        suffix_ids = tok.encode(suffix) if self.head else []
-        end = [tok.eos_ids[0]] if self.head and tok.eos_ids and len(suffix_ids) <= self.head else []
-        clamped = torch.tensor([suffix_ids[: self.head] + end], dtype=torch.long, device=model.device)
-
-        def first_position(cache, hidden) -> int:
-            hole = torch.randint(0, model.config.vocab_size, (1, self.hole), generator=noise, device=model.device)
-            canvas = torch.cat([hole, clamped], 1)
-            logits = model.decoder_logits(canvas, model.decoder_context(cache, 1), cache.length)[0, 0]
-            logits[hole[0, 0]] = float("-inf")
-            return int(logits.argmax())
-
-        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
-        out, passes = _one_at_a_time(self.engine, prefix, reserve=max_middle_tokens + self.hole + clamped.shape[1],
-                                     max_middle_tokens=max_middle_tokens, one_line=self.one_line, stops=stops,
-                                     next_token=first_position)
-        text = tok.decode(out)
-        return [Infill(text, len(out), passes, len(out) / max(passes, 1), (time.perf_counter() - t0) * 1000, 0.0,
-                       self.hole)]
+    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None, one_line=None):
+        gen = self.engine.generation
+        saved = gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens
+        gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = self.hole, self.head, True
+        try:
+            return self.engine.infill(prefix, suffix, max_middle_tokens=max_middle_tokens, seed=self.seed,
+                                      one_line=self.one_line)
+        finally:
+            gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = saved
 
 
 BASELINES = {"causal": CausalBaseline, "commit": CommitDecoder}  # eval-infilling --decoder, beside "diffusion"
 
 
 def fill(engine, tasks: list[dict], *, steps: int | None, max_middle_tokens: int, kind: str | None = None,
-         label: str = "infill") -> Iterator[Filled]:
+         label: str = "infill", one_line: bool = False) -> Iterator[Filled]:
     """Best middle per task, post-processed as `kind` (default: from the task id); progress
-    (n/N, ms/task) on stderr."""
+    (n/N, ms/task) on stderr. `one_line`: a committing engine may stop at the end of its first
+    line (single-line tasks; the baselines keep their own setting)."""
     total, spent = len(tasks), 0.0
     every = 1 if sys.stderr.isatty() else max(1, total // 20)
     for n, task in enumerate(tasks, 1):
         t0 = time.perf_counter()
         try:
-            best = engine.infill(task["prompt"], task["suffix"], max_middle_tokens=max_middle_tokens, steps=steps)[0]
+            best = engine.infill(task["prompt"], task["suffix"], max_middle_tokens=max_middle_tokens, steps=steps,
+                                 one_line=one_line)[0]
             raw, tokens, tpf = best.text, best.tokens, best.tokens_per_forward
         except EngineError as e:  # one bad task must not sink a long run; it scores as empty
             print(f"\n{label}: {task['task_id']}: {e}", file=sys.stderr)
@@ -386,7 +363,7 @@ def eval_heldout(engine, n: int, *, steps: int | None, max_middle_tokens: int,
     holes = heldout_holes(corpus, n)
     hits, similarity, ms, tpf = 0, [], [], []
     for hole, filled in zip(holes, fill(engine, holes, steps=steps, max_middle_tokens=max_middle_tokens,
-                                        kind="single-line", label="heldout")):
+                                        kind="single-line", label="heldout", one_line=True)):
         got, want = filled.completion.rstrip(), hole["middle"].rstrip()
         hits += got == want
         similarity.append(difflib.SequenceMatcher(None, got, want, autojunk=False).ratio())
@@ -468,7 +445,8 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         if decoder in BASELINES:
             engine = BASELINES[decoder](engine, one_line=benchmark == "single-line", **(decoder_options or {}))
         engine.infill("def f(x):\n", "\n", max_middle_tokens=4, steps=2)  # first-call set-up, not timed
-        filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens))
+        filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens,
+                           one_line=benchmark == "single-line"))
     t0 = time.perf_counter()
     sources = [program(t, f.completion) for t, f in zip(tasks, filled)]
     if engine is not None:  # the empty-completion baseline, scored beside the model in the same run

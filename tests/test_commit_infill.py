@@ -1,0 +1,154 @@
+"""Committing infilling (GenerationConfig.commit_hole): the engine's path for checkpoints whose
+decoder reads cached states far better than canvas ones. Its token-by-token equality with a
+fresh-cache recomputation is in tests/test_evaluate.py (eval-infilling --decoder commit runs it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from engine import Cancelled, Engine, EngineError
+from engine.config import GenerationConfig
+from engine.errors import CheckpointError
+from engine.training.tiny import write_tiny_checkpoint
+
+PREFIX, SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
+
+
+@pytest.fixture(scope="module")
+def committing(tmp_path_factory):
+    """A tiny checkpoint whose generation_config.json asks for committing infilling."""
+    root = write_tiny_checkpoint(tmp_path_factory.mktemp("commit") / "ck")
+    path = root / "generation_config.json"
+    gen = json.loads(path.read_text())
+    path.write_text(json.dumps({**gen, "commit_hole": 2, "commit_head": 3, "ignore_noise_tokens": True}))
+    return root
+
+
+def test_the_generation_config_carries_the_commit_layout(committing):
+    engine = Engine.load(committing)
+    assert (engine.generation.commit_hole, engine.generation.commit_head) == (2, 3)
+    again = GenerationConfig.from_hf_dict(engine.generation.to_hf_dict())
+    assert (again.commit_hole, again.commit_head) == (2, 3)
+    assert "commit_hole" not in GenerationConfig().to_hf_dict()  # off: the file stays the reference's
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"commit_hole": -1}, "commit_hole must be an integer >= 0"),
+    ({"commit_hole": 1.5}, "commit_hole must be an integer >= 0"),
+    ({"commit_head": 4}, "commit_head needs commit_hole >= 1"),
+])
+def test_a_bad_commit_layout_is_a_clear_load_error(committing, tmp_path, bad, message):
+    root = tmp_path / "ck"
+    shutil.copytree(committing, root)
+    path = root / "generation_config.json"
+    gen = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("commit_")}
+    path.write_text(json.dumps({**gen, **bad}))
+    with pytest.raises(CheckpointError, match=f"generation_config.json: {message}"):
+        Engine.load(root)
+
+
+def test_it_returns_one_greedy_candidate_and_counts_its_passes(committing):
+    engine = Engine.load(committing)
+    fills = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6, num_candidates=3)
+    assert len(fills) == 1
+    fill = fills[0]
+    assert fill.hole == 2 and fill.tokens <= 6 and fill.steps in (fill.tokens, fill.tokens + 1)
+    assert fill.tokens_per_forward == pytest.approx(fill.tokens / fill.steps)
+    assert fill.score < 0 and fill.text == engine.tokenizer.decode(engine.tokenizer.encode(fill.text))
+
+
+def test_the_cache_keeps_the_middle_and_the_next_request_reencodes_only_what_changed(committing):
+    engine = Engine.load(committing)
+    tok = engine.tokenizer
+    first = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
+    prompt = [tok.bos_id] + tok.encode(PREFIX)
+    assert first.tokens >= 2
+    assert engine._cached_ids[: len(prompt)] == prompt and len(engine._cached_ids) == len(prompt) + first.tokens
+    before = engine.encoded_tokens
+    again = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
+    assert engine.encoded_tokens - before == first.tokens  # the prompt was reused: only the middle re-encoded
+    assert again.text == first.text == Engine.load(committing).infill(PREFIX, SUFFIX, max_middle_tokens=6)[0].text
+
+
+def test_cancelling_mid_fill_leaves_the_engine_consistent(committing):
+    engine = Engine.load(committing)
+    calls = []
+
+    def stop_on_third() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(Cancelled):
+        engine.infill(PREFIX, SUFFIX, max_middle_tokens=6, should_stop=stop_on_third)
+    assert len(calls) == 3
+    after = engine.infill(PREFIX + "a", SUFFIX, max_middle_tokens=6)[0]
+    assert after.text == Engine.load(committing).infill(PREFIX + "a", SUFFIX, max_middle_tokens=6)[0].text
+
+
+def test_each_pass_streams_the_middle_so_far(committing):
+    engine = Engine.load(committing)
+    seen: list[tuple[int, str]] = []
+    fill = engine.infill(PREFIX, SUFFIX, max_middle_tokens=5, on_step=lambda step, text: seen.append((step, text)))[0]
+    assert [step for step, _ in seen] == list(range(1, fill.tokens + 1))
+    assert seen[-1][1] == fill.text and all(fill.text.startswith(text) for _, text in seen)
+
+
+def newline_at(engine, passes: set[int]):
+    """The real decoder, its logits pushed to the newline token on the given passes (1-based)."""
+    newline = engine.tokenizer.encode("\n")
+    assert len(newline) == 1
+    real, count = engine.model.decoder_logits, [0]
+
+    def decoder_logits(*args, **kwargs):
+        count[0] += 1
+        logits = real(*args, **kwargs)
+        if count[0] in passes:
+            logits[..., newline[0]] = logits.max() + 100
+        return logits
+
+    engine.model.decoder_logits = decoder_logits
+    return count
+
+
+@pytest.mark.parametrize("passes, tokens", [({3}, 3), ({1, 4}, 4)])
+def test_one_line_stops_at_the_end_of_the_first_non_blank_line(committing, passes, tokens):
+    engine = Engine.load(committing)
+    free = engine.infill(PREFIX, SUFFIX, max_middle_tokens=8)[0]
+    newline_at(engine, passes)
+    line = engine.infill(PREFIX, SUFFIX, max_middle_tokens=8, one_line=True)[0]
+    assert line.tokens == tokens and line.text.endswith("\n") and "\n" not in line.text.strip()
+    if free.tokens == 8:  # without one_line, the same newline does not stop it
+        newline_at(engine, passes)
+        assert engine.infill(PREFIX, SUFFIX, max_middle_tokens=8)[0].tokens == 8
+
+
+def test_a_layout_wider_than_the_canvas_is_a_clear_error(committing):
+    engine = Engine.load(committing)
+    engine.generation.commit_hole = engine.config.canvas_length
+    with pytest.raises(EngineError, match="exceed the canvas length"):
+        engine.infill(PREFIX, SUFFIX, max_middle_tokens=4)
+
+
+def test_fim_mode_and_commit_off_keep_the_canvas_path(committing):
+    engine = Engine.load(committing)
+    engine.generation.commit_hole = engine.generation.commit_head = 0
+    fills = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6, num_candidates=2, steps=2)
+    assert all(f.hole == 6 and f.steps <= 2 for f in fills)
+
+
+def test_stop_when_ends_the_fill_where_the_caller_says(committing):
+    engine = Engine.load(committing)
+    free = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
+    assert free.tokens == 6
+    seen: list[str] = []
+
+    def third(text: str) -> bool:
+        seen.append(text)
+        return len(seen) == 3
+
+    short = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6, stop_when=third)[0]
+    assert short.tokens == 3 and free.text.startswith(short.text) and seen[-1] == short.text
