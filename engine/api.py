@@ -117,6 +117,11 @@ class Engine:
             self.compile_status = (f"not compiled: the compiled step is the CPU path, this model is on "
                                    f"{self.model.device}")
             return False
+        if self.generation.commit_hole:
+            # committing infilling (the embedded Gemma 3 model) runs one-position passes eager; the
+            # compiled step serves whole-canvas denoising only: compiling it would cost a core for nothing
+            self.compile_status = "not compiled: this model fills by committing (eager one-token passes)"
+            return False
         if self.quantize != "none":
             # measured with torchao 0.18 on the embedded model: int8 fails to compile (RecursionError),
             # int4 takes 157 s on a core; quantized weights are for memory (docs/quantization.md)

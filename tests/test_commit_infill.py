@@ -152,3 +152,8 @@ def test_stop_when_ends_the_fill_where_the_caller_says(committing):
 
     short = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6, stop_when=third)[0]
     assert short.tokens == 3 and free.text.startswith(short.text) and seen[-1] == short.text
+
+
+def test_a_committing_model_skips_the_denoising_step_compile(committing):
+    engine = Engine.load(committing, compile=True)
+    assert engine.compiled_step is None and "commit" in engine.describe()
