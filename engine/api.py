@@ -278,7 +278,8 @@ class Engine:
         the middle so far) and the suffix's first `commit_head` tokens clamped (+ end of text where
         the whole suffix fits), takes the argmax at its first position (never that position's own
         noise token, with ignore_noise_tokens) and encodes it into the cache; it stops at end of
-        text, pad or a filler there, at the end of the first non-blank line (`one_line`), once
+        text, pad or a filler there, at the end of the first non-blank line (`one_line`: the middle
+        is cut before that line's newline), once
         `stop_when(middle so far)` is true (the caller's scope has ended) or after `max_middle_tokens`. The cache keeps the committed tokens, so the next keystroke's prefill
         re-encodes only what changed. Score: the mean log-probability of the picks (the stop's too)."""
         tok, model = self.tokenizer, self.model
@@ -321,6 +322,10 @@ class Engine:
             if (one_line and "\n" in text.lstrip()) or (stop_when is not None and stop_when(text)):
                 break
         text = tok.decode(out)
+        if one_line:  # the line ends where the suffix's newline is: what a token wrote past it is dropped
+            body = text.lstrip()
+            if "\n" in body:
+                text = text[: len(text) - len(body) + body.index("\n")]
         return Infill(text, len(out), passes, len(out) / max(passes, 1), (time.perf_counter() - t0) * 1000,
                       logprob / max(passes, 1), gen.commit_hole)
 

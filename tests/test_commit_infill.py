@@ -120,7 +120,7 @@ def test_one_line_stops_at_the_end_of_the_first_non_blank_line(committing, passe
     free = engine.infill(PREFIX, SUFFIX, max_middle_tokens=8)[0]
     newline_at(engine, passes)
     line = engine.infill(PREFIX, SUFFIX, max_middle_tokens=8, one_line=True)[0]
-    assert line.tokens == tokens and line.text.endswith("\n") and "\n" not in line.text.strip()
+    assert line.tokens == tokens and line.text.strip() and "\n" not in line.text.lstrip()
     if free.tokens == 8:  # without one_line, the same newline does not stop it
         newline_at(engine, passes)
         assert engine.infill(PREFIX, SUFFIX, max_middle_tokens=8)[0].tokens == 8
