@@ -285,3 +285,39 @@ def test_point_holes_decode_as_the_engine_decodes_a_one_position_canvas(tmp_path
         without = losses(model, batch, replace(ac, point_holes=0), self_condition=False)
     assert with_points["point_ce"] > 0 and 0 <= with_points["point_acc"] <= 1
     torch.testing.assert_close(with_points["loss"], without["loss"] + with_points["point_ce"] + with_points["point_kl"])
+
+
+def test_commit_slots_are_laid_out_as_committing_infilling_decodes(tmp_path):
+    """--commit-prob: a slot starts at its hole (its left neighbour is the row's encoder position
+    before it, in the cache), the hole is all noise and holds what is left of the middle then
+    fillers (all fillers: the stop signal), the suffix's next tokens follow clamped; the first
+    position is marked committed, weighs 1 and is not distilled; the step reports its accuracy."""
+    model, config = _model(tmp_path)
+    V, filler = config.vocab_size, 5
+    ac = AdaptConfig(seq_len=128, slots=4, canvas=24, max_middle=8, commit_prob=1.0, commit_hole=6, commit_head=8,
+                     draft_prob=0.0, encoder_weight=0.0, encoder_kl_weight=0.0)
+    g = torch.Generator().manual_seed(3)
+    C, seen_stop, seen_middle = ac.canvas, 0, 0
+    for seed in range(6):
+        row = [2] + torch.randint(6, V, (ac.seq_len,), generator=g).tolist()
+        batch = make_batch([row], ac, V, filler, 1, 0, torch.zeros(V, dtype=torch.bool), random.Random(seed), g,
+                           torch.zeros(V, dtype=torch.bool))
+        assert int(batch.committed.sum()) == ac.slots
+        for k in range(ac.slots):
+            lo, s = k * C, int(batch.attach[0, k])
+            target, canvas = batch.targets[0, lo: lo + C], batch.canvas[0, lo: lo + C]
+            assert batch.committed[0, lo] and not batch.committed[0, lo + 1: lo + C].any()
+            assert batch.noised[0, lo: lo + 6].all() and not batch.noised[0, lo + 6: lo + C].any()
+            m = int((target[:6] != filler).sum())
+            assert target[:m].tolist() == row[s: s + m] and (target[m:6] == filler).all()
+            n = int(batch.valid[0, lo: lo + C].sum())
+            head = row[s + m: s + m + n - 6]
+            head += [1] * (n - 6 - len(head))  # the row (the "document") ends: a clamped end of text
+            assert canvas[6:n].tolist() == target[6:n].tolist() == head and len(head) <= 8 + 1  # head + end of text
+            assert batch.weight[0, lo] == 1.0 and (batch.teacher_pos[0, lo: lo + C] == -1).all()
+            seen_stop += m == 0
+            seen_middle += m > 0
+    assert seen_stop and seen_middle
+    with torch.no_grad():
+        out = losses(model, batch, ac, self_condition=False)
+    assert 0 <= out["commit_acc"] <= 1 and out["commit_ce"] > 0

@@ -106,6 +106,15 @@ class AdaptConfig:
     # token), and the slots hold only a few of it a row; this makes every row hundreds of them.
     point_holes: int = 0
     point_weight: float = 1.0
+    # > 0: this share of the slots is laid out as committing infilling meets it (GenerationConfig
+    # .commit_hole / commit_head): no prefix tail (the left neighbour is in the KV cache), a hole of
+    # `commit_hole` positions, all noise, holding what is left of the middle (0 to commit_hole tokens;
+    # 0: the middle is done and the hole is all fillers, the stop signal) then fillers, and the
+    # suffix's next `commit_head` tokens clamped. The first position (the one committed) weighs 1
+    # even as a filler; not distilled (the teacher does not see the suffix, which is the point)
+    commit_prob: float = 0.0
+    commit_hole: int = 16
+    commit_head: int = 32
     distill_weight: float = 1.0
     encoder_weight: float = 1.0  # the encoder's next-token loss (0: encoder without gradient)
     encoder_kl_weight: float = 2.0  # KL(base encoder || adapted encoder): keeps the shared weights' causal model
@@ -227,6 +236,7 @@ class Batch:
     noised: torch.Tensor  # (B, K * C) positions holding a noise token (the only ones distilled)
     valid: torch.Tensor  # (B, K * C)
     attach: torch.Tensor  # (B, K)
+    committed: torch.Tensor | None = None  # (B, K * C) bool: a commit slot's first position
 
 
 def delimiter_mask(tok: Tokenizer, vocab: int) -> torch.Tensor:
@@ -263,6 +273,7 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
     noised = torch.zeros(B, K * C, dtype=torch.bool)
     valid = torch.zeros(B, K * C, dtype=torch.bool)
     attach = torch.zeros(B, K, dtype=torch.long)
+    committed = torch.zeros(B, K * C, dtype=torch.bool)
     stride = S // K
     for b in range(B):
         row = tokens[b]
@@ -271,7 +282,26 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
             s = 1 + k * stride + rng.randrange(max(1, stride - C // 2))  # the slot's first position in the row
             s = min(s, S + 1 - 8)
             attach[b, k] = s
-            if rng.random() < ac.plain_prob:  # continuation block: every position noised
+            commit = False
+            if ac.commit_prob and rng.random() < ac.commit_prob:  # as Engine._infill_committing decodes
+                inline = commit = True
+                a, h = 0, s
+                hole = min(ac.commit_hole, C - 1)
+                m = 0 if rng.random() < 0.15 else min(middle_length(row[h: h + C], ac, delims, rng), hole, S + 1 - h)
+                bh = min(ac.commit_head, C - hole, S + 1 - (h + m))
+                ends = (h + m + bh >= S + 1) and C - hole > bh
+                clean = torch.cat([row[h: h + m], torch.full((hole - m,), filler), row[h + m: h + m + bh],
+                                   torch.tensor([eos] if ends else [], dtype=torch.long)])
+                n = len(clean)
+                known = torch.ones(n, dtype=torch.bool)
+                known[:hole] = False
+                w = torch.zeros(n)
+                w[:m] = 1.0
+                w[m:hole] = ac.filler_weight
+                w[0] = 1.0
+                tpos = torch.full((n,), -1)
+                committed[b, lo] = True
+            elif rng.random() < ac.plain_prob:  # continuation block: every position noised
                 inline = False
                 n = min(C, S + 1 - s)
                 clean = row[s: s + n]
@@ -304,7 +334,9 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
             n = len(clean)
             shown = clean
             t = rng.random()
-            if inline and newlines is not None and rng.random() < ac.draft_prob:
+            if commit:
+                t = 1.0  # the committing canvas: every hole position is fresh noise
+            elif inline and newlines is not None and rng.random() < ac.draft_prob:
                 # what Engine.draft seeds (GenerationConfig.encoder_draft): the encoder's greedy
                 # tokens from the hole's start to the first newline, then fillers; where the true
                 # middle is shorter the draft runs on over the suffix's text, which the decoder must
@@ -331,7 +363,7 @@ def make_batch(rows: list[list[int]], ac: AdaptConfig, vocab: int, filler: int, 
             teacher[b, lo: lo + n] = tpos
             drafted[b, lo: lo + n] = torch.where(replace, -1, drafted[b, lo: lo + n])
             valid[b, lo: lo + n] = True
-    return Batch(tokens, canvas, targets, weight, teacher, drafted, noised, valid, attach)
+    return Batch(tokens, canvas, targets, weight, teacher, drafted, noised, valid, attach, committed)
 
 
 # ---- loss ---------------------------------------------------------------------------------------
@@ -508,6 +540,10 @@ def losses(model: DiffusionGemma, batch: Batch, ac: AdaptConfig, self_condition:
         guess = logits[hidden_middle].argmax(-1)
         out["acc_noise"] = (guess == scored[hidden_middle]).float().mean()
         out["next_noise"] = (guess == following.reshape(-1)[sel][hidden_middle]).float().mean()
+    if batch.committed is not None and batch.committed.any():  # the position committing infilling keeps
+        first = batch.committed.reshape(-1)[sel]
+        out["commit_acc"] = (logits[first].argmax(-1) == scored[first]).float().mean()
+        out["commit_ce"] = per_token[first].mean().detach()
     drafted = seeded.reshape(-1)[sel] & middle
     if drafted.any():  # how the decoder does on a draft, beside how good the draft was
         target = scored[drafted]
