@@ -55,6 +55,59 @@ class Continuation:
     ms: float
 
 
+def trim_line(text: str) -> str:
+    """`text` up to the end of its first non-blank line, that line's newline excluded (a one-line
+    middle ends where the suffix's newline is; what a token wrote past it is dropped)."""
+    body = text.lstrip()
+    return text[: len(text) - len(body) + body.index("\n")] if "\n" in body else text
+
+
+@torch.no_grad()
+def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: GenerationConfig, *, limit: int,
+                  seed: int, should_stop=None, done: Callable[[list[int]], bool] = lambda out: False,
+                  committed: Callable[[int], None] = lambda token: None) -> tuple[list[int], int, float]:
+    """Committing decoding (GenerationConfig.commit_hole) after what `cache` holds: each pass decodes
+    a canvas of `commit_hole` uniform-noise positions right after the cache, then `known` clamped;
+    takes the argmax at its first position (never that position's own noise token, with
+    ignore_noise_tokens) and encodes it into the cache (`committed(token)` hears it). Stops at end
+    of text, pad or a filler there, once `done(tokens so far)` is true, or after `limit` tokens.
+    Returns the tokens, the decoder passes and the summed log-probability of the picks."""
+    width = gen.commit_hole + len(known)
+    if width > model.config.canvas_length:
+        raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    clamped = torch.tensor([known], dtype=torch.long, device=model.device)
+    stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+    out: list[int] = []
+    passes, logprob = 0, 0.0
+    while len(out) < limit:
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        hole = torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=generator, device=model.device)
+        logits = model.decoder_logits(torch.cat([hole, clamped], 1), model.decoder_context(cache, 1),
+                                      cache.length)[0, 0]
+        if gen.ignore_noise_tokens:
+            logits[hole[0, 0]] = float("-inf")
+        token = int(logits.argmax())
+        logprob += float(torch.log_softmax(logits.float(), -1)[token])
+        passes += 1
+        if token in stops:
+            break
+        out.append(token)
+        model.encode(torch.tensor([[token]], device=model.device), cache)
+        committed(token)
+        if done(out):
+            break
+    return out, passes, logprob
+
+
+def commit_known(tok: Tokenizer, suffix: list[int], head: int) -> list[int]:
+    """What committing infilling clamps after its hole: the suffix's first `head` tokens, and end
+    of text where the whole suffix fits (as the canvas plan marks a document's end)."""
+    eos = tok.eos_ids[0] if tok.eos_ids else None
+    return suffix[:head] + ([eos] if head and eos is not None and len(suffix) <= head else [])
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -218,6 +271,9 @@ class Engine:
         generate (torch RNG)."""
         gen = self._generation(steps, entropy_bound)
         ids = ([self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []) + self.tokenizer.encode(prompt)
+        if gen.commit_hole:
+            return self._continue_committing(ids, gen, max_new_tokens or gen.max_new_tokens, seed or 0, on_step,
+                                             should_stop)
         cache = self.prefill(ids)
         self._cached_ids = []  # generate commits canvases into the cache: do not reuse it blindly
         self._cache = None
@@ -233,6 +289,23 @@ class Engine:
             text_ids.append(t)
         return Continuation(self.tokenizer.decode(text_ids), len(text_ids), out.steps, int(out.decoder_passes[0]),
                             float(out.tokens_per_forward[0]), out.ms)
+
+    def _continue_committing(self, ids: list[int], gen: GenerationConfig, limit: int, seed: int, on_step,
+                             should_stop) -> Continuation:
+        """continue_text for a committing model (GenerationConfig.commit_hole): one token a decoder
+        pass, nothing clamped after the hole. `on_step` sees each token as a one-position canvas
+        (Draft canvas_index = its index), so callers that stream canvases stream tokens."""
+        t0 = time.perf_counter()
+
+        def done(out: list[int]) -> bool:
+            if on_step is not None:
+                token = torch.tensor([[out[-1]]])
+                on_step(Draft(len(out) - 1, 1, 1, token, token, torch.ones_like(token, dtype=torch.bool)))
+            return False
+
+        out, passes, _ = self._commit(ids, [], gen, limit=limit, seed=seed, should_stop=should_stop, done=done)
+        return Continuation(self.tokenizer.decode(out), len(out), [1] * passes, passes, len(out) / max(passes, 1),
+                            (time.perf_counter() - t0) * 1000)
 
     @torch.no_grad()
     def draft(self, cache: KVCache, tail: list[int], limit: int) -> list[int]:
@@ -270,64 +343,42 @@ class Engine:
             seeded[i, p.hole] = torch.tensor(ids, device=canvas.device)
         return seeded, torch.zeros_like(clamped)
 
-    @torch.no_grad()
-    def _infill_committing(self, pre: list[int], suf: list[int], gen: GenerationConfig, *, max_middle_tokens: int,
-                           seed: int, one_line: bool, stop_when, should_stop, on_step, t0: float) -> Infill:
-        """The middle one committed token a decoder pass (GenerationConfig.commit_hole): each pass
-        decodes a canvas of `commit_hole` uniform-noise positions right after the cache (prompt +
-        the middle so far) and the suffix's first `commit_head` tokens clamped (+ end of text where
-        the whole suffix fits), takes the argmax at its first position (never that position's own
-        noise token, with ignore_noise_tokens) and encodes it into the cache; it stops at end of
-        text, pad or a filler there, at the end of the first non-blank line (`one_line`: the middle
-        is cut before that line's newline), once
-        `stop_when(middle so far)` is true (the caller's scope has ended) or after `max_middle_tokens`. The cache keeps the committed tokens, so the next keystroke's prefill
-        re-encodes only what changed. Score: the mean log-probability of the picks (the stop's too)."""
-        tok, model = self.tokenizer, self.model
-        eos = tok.eos_ids[0] if tok.eos_ids else None
-        head = suf[: gen.commit_head]
-        known = head + ([eos] if gen.commit_head and eos is not None and len(suf) <= gen.commit_head else [])
+    def _commit(self, ids: list[int], known: list[int], gen: GenerationConfig, *, limit: int, seed: int,
+                should_stop, done: Callable[[list[int]], bool]) -> tuple[list[int], int, float]:
+        """commit_tokens after the prompt `ids`, in the engine's own cache: it keeps what was
+        committed, so the next prefill re-encodes only what changed."""
         width = gen.commit_hole + len(known)
-        if width > self.config.canvas_length:
-            raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length "
-                              f"{self.config.canvas_length}")
-        prompt = ([tok.bos_id] if tok.bos_id is not None else []) + pre
-        prompt = self.fit_prompt(prompt, self.config.max_position_embeddings - max_middle_tokens - width)
-        cache = self.prefill(prompt)
-        generator = torch.Generator(device=model.device).manual_seed(seed)
-        clamped = torch.tensor([known], dtype=torch.long, device=model.device)
-        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
-        out: list[int] = []
-        passes, logprob = 0, 0.0
-        while len(out) < max_middle_tokens:
-            if should_stop is not None and should_stop():
-                raise Cancelled("generation cancelled")
-            hole = torch.randint(0, self.config.vocab_size, (1, gen.commit_hole), generator=generator,
-                                 device=model.device)
-            logits = model.decoder_logits(torch.cat([hole, clamped], 1), model.decoder_context(cache, 1),
-                                          cache.length)[0, 0]
-            if gen.ignore_noise_tokens:
-                logits[hole[0, 0]] = float("-inf")
-            token = int(logits.argmax())
-            logprob += float(torch.log_softmax(logits.float(), -1)[token])
-            passes += 1
-            if token in stops:
-                break
-            out.append(token)
-            model.encode(torch.tensor([[token]], device=model.device), cache)
+        cache = self.prefill(self.fit_prompt(ids, self.config.max_position_embeddings - limit - width))
+
+        def committed(token: int) -> None:
             self._cached_ids.append(token)
             self.encoded_tokens += 1
+
+        return commit_tokens(self.model, self.tokenizer, cache, known, gen, limit=limit, seed=seed,
+                             should_stop=should_stop, done=done, committed=committed)
+
+    def _infill_committing(self, pre: list[int], suf: list[int], gen: GenerationConfig, *, max_middle_tokens: int,
+                           seed: int, one_line: bool, stop_when, should_stop, on_step, t0: float) -> Infill:
+        """The middle by committing (_commit), the suffix's first `commit_head` tokens clamped after
+        the hole (+ end of text where the whole suffix fits). It ends at the end of the first
+        non-blank line (`one_line`: the middle is cut before that line's newline) or once
+        `stop_when(middle so far)` is true (the caller's scope has ended). Score: the mean
+        log-probability of the picks (the stop's too)."""
+        tok = self.tokenizer
+        known = commit_known(tok, suf, gen.commit_head)
+
+        def done(out: list[int]) -> bool:
             text = tok.decode(out)
             if on_step is not None:
-                on_step(passes, text)
-            if (one_line and "\n" in text.lstrip()) or (stop_when is not None and stop_when(text)):
-                break
+                on_step(len(out), trim_line(text) if one_line else text)
+            return (one_line and "\n" in text.lstrip()) or (stop_when is not None and stop_when(text))
+
+        prompt = ([tok.bos_id] if tok.bos_id is not None else []) + pre
+        out, passes, logprob = self._commit(prompt, known, gen, limit=max_middle_tokens, seed=seed,
+                                            should_stop=should_stop, done=done)
         text = tok.decode(out)
-        if one_line:  # the line ends where the suffix's newline is: what a token wrote past it is dropped
-            body = text.lstrip()
-            if "\n" in body:
-                text = text[: len(text) - len(body) + body.index("\n")]
-        return Infill(text, len(out), passes, len(out) / max(passes, 1), (time.perf_counter() - t0) * 1000,
-                      logprob / max(passes, 1), gen.commit_hole)
+        return Infill(trim_line(text) if one_line else text, len(out), passes, len(out) / max(passes, 1),
+                      (time.perf_counter() - t0) * 1000, logprob / max(passes, 1), gen.commit_hole)
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,

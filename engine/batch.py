@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .api import CANVAS_CONTEXT_TOKENS, Engine, Infill
+from .api import CANVAS_CONTEXT_TOKENS, Engine, Infill, commit_known, commit_tokens
 from .errors import EngineError
 from .generate import Draft, denoise
 from .infill import candidate_lengths, extract_middle, plan_canvas, stack_plans
@@ -155,6 +155,8 @@ def infill_batch(engine: Engine, holes: list[Hole], caches: PromptCaches, *, ste
     t0 = time.perf_counter()
     model, tok = engine.model, engine.tokenizer
     gen = engine._generation(steps, entropy_bound)
+    if gen.commit_hole:
+        return _commit_each(engine, holes, caches, gen, seed=seed, should_stop=should_stop, on_step=on_step)
     eos = tok.eos_ids[0] if tok.eos_ids else None
     width = engine.config.canvas_length
     rows, owners, row_caches = [], [], []
@@ -214,3 +216,44 @@ def infill_batch(engine: Engine, holes: list[Hole], caches: PromptCaches, *, ste
         if best[i] is None or best[i].score < score:
             best[i] = candidate
     return best, stats
+
+
+def _commit_each(engine: Engine, holes: list[Hole], caches: PromptCaches, gen, *, seed: int, should_stop,
+                 on_step) -> tuple[list[Infill], BatchStats]:
+    """infill_batch for a committing model (GenerationConfig.commit_hole): the holes one after
+    another, each committed token by token (engine.api.commit_tokens) after its client's cached
+    prompt, which is cut back to the prompt afterwards (the cache stays what its client sent).
+    `on_step` sees each token as a step of its hole, the other holes' middles as they stand."""
+    model, tok = engine.model, engine.tokenizer
+    stats = BatchStats([], [], [])
+    results: list[Infill] = []
+    drafts = [""] * len(holes)
+    for index, hole in enumerate(holes):
+        t0 = time.perf_counter()
+        if hole.max_middle_tokens < 1:
+            raise EngineError(f"max_middle_tokens must be >= 1, got {hole.max_middle_tokens}")
+        known = commit_known(tok, tok.encode(hole.suffix), gen.commit_head)
+        full = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(hole.prefix)
+        room = engine.config.max_position_embeddings - hole.max_middle_tokens - gen.commit_hole - len(known)
+        prompt = engine.fit_prompt(full, room)
+        cache, encoded = caches.prefill(model, hole.client, prompt)
+        stats.prompt_tokens.append(len(prompt))
+        stats.encoded_tokens.append(encoded)
+        stats.truncated.append(len(prompt) < len(full))
+        stats.prefill_ms += (time.perf_counter() - t0) * 1000
+
+        def done(out: list[int], index=index) -> bool:
+            if on_step is not None:
+                drafts[index] = tok.decode(out)
+                on_step(len(out), hole.max_middle_tokens, list(drafts))
+            return False
+
+        try:
+            out, passes, logprob = commit_tokens(model, tok, cache, known, gen, limit=hole.max_middle_tokens,
+                                                 seed=seed, should_stop=should_stop, done=done)
+        finally:
+            cache.truncate(len(prompt))
+        results.append(Infill(tok.decode(out), len(out), passes, len(out) / max(passes, 1),
+                              (time.perf_counter() - t0) * 1000, logprob / max(passes, 1), gen.commit_hole))
+    return results, stats
+

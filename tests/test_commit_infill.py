@@ -157,3 +157,16 @@ def test_stop_when_ends_the_fill_where_the_caller_says(committing):
 def test_a_committing_model_skips_the_denoising_step_compile(committing):
     engine = Engine.load(committing, compile=True)
     assert engine.compiled_step is None and "commit" in engine.describe()
+
+
+def test_a_committing_model_continues_text_one_token_a_pass_and_streams_each(committing):
+    engine = Engine.load(committing)
+    drafts = []
+    out = engine.continue_text("def add(a, b):\n", max_new_tokens=5, on_step=drafts.append)
+    assert out.tokens <= 5 and out.decoder_passes in (out.tokens, out.tokens + 1)
+    assert [d.canvas_index for d in drafts] == list(range(out.tokens))
+    assert engine.tokenizer.decode([int(d.argmax[0, 0]) for d in drafts]) == out.text
+    # the same tokens as an infill with nothing after the hole (commit_head 0: the suffix unseen)
+    engine.generation.commit_head = 0
+    middle = engine.infill("def add(a, b):\n", "", max_middle_tokens=5)[0]
+    assert middle.text == out.text

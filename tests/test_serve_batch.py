@@ -85,3 +85,25 @@ def test_two_holes_of_one_client_in_one_batch(engine):
     assert len(together) == 2 and all(isinstance(r.text, str) for r in together)
     alone, _ = infill_batch(engine, [both[0]], PromptCaches(), seed=1)
     assert together[0].hole == alone[0].hole
+
+
+def test_a_committing_model_fills_each_hole_as_the_single_request_and_keeps_each_clients_cache(engine):
+    """GenerationConfig.commit_hole: `dgemma serve`'s batches commit hole after hole, each equal to
+    Engine.infill of that hole alone; a client's cache is cut back to its prompt, so its next
+    request with the same prompt encodes nothing."""
+    gen = engine.generation
+    saved = gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens
+    gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = 2, 3, True
+    try:
+        caches, steps = PromptCaches(), []
+        batched, stats = infill_batch(engine, HOLES, caches, seed=5, on_step=lambda *a: steps.append(a))
+        for hole, got in zip(HOLES, batched):
+            single = engine.infill(hole.prefix, hole.suffix, max_middle_tokens=hole.max_middle_tokens, seed=5)[0]
+            assert (got.text, got.tokens, got.steps, got.hole) == (single.text, single.tokens, single.steps, 2)
+            assert got.score == pytest.approx(single.score, abs=1e-4)
+        assert stats.encoded_tokens == stats.prompt_tokens
+        assert len(steps) == sum(r.tokens for r in batched) and steps[-1][2][-1] == batched[-1].text
+        again, stats = infill_batch(engine, HOLES, caches, seed=5)
+        assert stats.encoded_tokens == [0, 0, 0] and [r.text for r in again] == [r.text for r in batched]
+    finally:
+        gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = saved
