@@ -69,8 +69,10 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
     """Committing decoding (GenerationConfig.commit_hole) after what `cache` holds: each pass decodes
     a canvas of `commit_hole` uniform-noise positions right after the cache, then `known` clamped;
     takes the argmax at its first position (never that position's own noise token, with
-    ignore_noise_tokens) and encodes it into the cache (`committed(token)` hears it). Stops at end
-    of text, pad or a filler there, once `done(tokens so far)` is true, or after `limit` tokens.
+    ignore_noise_tokens); the next pass encodes it into the cache in the same pass over the weights
+    (DiffusionGemma.encode_then_decode; `committed(token)` hears it), so the cache ends holding all
+    but the last token. Stops at end of text, pad or a filler there, once `done(tokens so far)` is
+    true, or after `limit` tokens.
     Returns the tokens, the decoder passes and the summed log-probability of the picks."""
     width = gen.commit_hole + len(known)
     if width > model.config.canvas_length:
@@ -84,8 +86,14 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
         hole = torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=generator, device=model.device)
-        logits = model.decoder_logits(torch.cat([hole, clamped], 1), model.decoder_context(cache, 1),
-                                      cache.length)[0, 0]
+        canvas = torch.cat([hole, clamped], 1)
+        if out:  # the last token's encode and this pass in one read of the weights
+            hidden = model.encode_then_decode(torch.tensor([out[-1:]], device=model.device), canvas, cache)
+            committed(out[-1])
+        else:
+            context = model.decoder_context(cache, 1)
+            hidden = model.decode_soft(canvas, context.keys, context.values, cache.length, None)
+        logits = model.logits(hidden[0, 0])
         if gen.ignore_noise_tokens:
             logits[hole[0, 0]] = float("-inf")
         token = int(logits.argmax())
@@ -94,8 +102,6 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
         if token in stops:
             break
         out.append(token)
-        model.encode(torch.tensor([[token]], device=model.device), cache)
-        committed(token)
         if done(out):
             break
     return out, passes, logprob

@@ -283,15 +283,19 @@ class DiffusionGemma(nn.Module):
         signal = self.sc_down(F.gelu(self.sc_gate(h), approximate="tanh") * self.sc_up(h))
         return rms_norm(embeds + signal, None, self.config.rms_norm_eps)
 
-    def run(self, x: torch.Tensor, positions: torch.Tensor, attend, *, decoder: bool) -> torch.Tensor:
+    def run(self, x: torch.Tensor, positions: torch.Tensor, attend, *, decoder: bool | torch.Tensor) -> torch.Tensor:
         """The layer stack over embeddings x (B, T, H) at positions (B or 1, T) -> final normed hidden.
 
         `attend(i, spec, q, k, v)` decides what layer i's queries see: the encoder's KV cache, the
-        decoder's [cached prompt ; canvas], or training's packed slots with their masks."""
+        decoder's [cached prompt ; canvas], or training's packed slots with their masks. `decoder`:
+        which layer scalars apply, for every position or per position (a (T,) bool tensor)."""
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else self.dtype
         ropes = self.rope(positions, dtype)
         for i, (layer, spec) in enumerate(zip(self.layers, self.config.layers)):
-            scalar = layer.decoder_scalar if decoder else layer.encoder_scalar
+            if isinstance(decoder, torch.Tensor):
+                scalar = torch.where(decoder[:, None], layer.decoder_scalar, layer.encoder_scalar)
+            else:
+                scalar = layer.decoder_scalar if decoder else layer.encoder_scalar
             x = layer(x, *ropes[spec], partial(attend, i, spec), scalar)
         return self.norm(x)
 
@@ -364,6 +368,41 @@ class DiffusionGemma(nn.Module):
         """One denoising step's logits (B, C, V) fp32, softcapped, given its self-conditioning input
         soft (B, C, H) (None on a canvas's first step): decode_soft then logits."""
         return self.logits(self.decode_soft(canvas, context.keys, context.values, start, soft))
+
+    def encode_then_decode(self, ids: torch.Tensor, canvas: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """`encode(ids)` then `decode(canvas)` after it (first step: no self-conditioning) in one pass
+        over the weights: the new tokens (1, T) and the canvas (1, C) side by side in one sequence,
+        each position with its own layer scalars, one attention mask keeping them apart (the new
+        tokens see the cache causally, never the canvas; the canvas sees the cache with the new
+        tokens as `decoder_context` would, and itself). Appends the tokens' KV like `encode`; returns
+        the canvas's final normed hidden (1, C, H). Committing decoding runs one of these a token
+        (engine.api.commit_tokens) instead of an encode and a decode: the weights are read once."""
+        T, C = ids.shape[1], canvas.shape[1]
+        start, W = cache.length, self.config.sliding_window
+        cache.reserve(start + T)
+        end = start + T  # the cache's length once the tokens are in; the canvas sits at [end, end + C)
+        positions = torch.arange(start, end + C, device=ids.device)[None]
+        q_pos = positions[0, :, None]
+        k_pos = torch.arange(end + C, device=ids.device)[None, :]
+        is_canvas = positions[0] >= end
+        from_cache = k_pos < end
+        encoder = ~is_canvas[:, None] & (k_pos <= q_pos)
+        masks = {}
+        for sliding in (False, True):
+            window = (k_pos > q_pos - W) if sliding else torch.ones_like(encoder)
+            seen = (k_pos >= end - W + 1) if sliding else torch.ones_like(encoder)  # decoder_context's window
+            masks[sliding] = (encoder & window) | (is_canvas[:, None] & (~from_cache | seen))
+        x = torch.cat([self.embed_tokens(ids), self.self_condition(self.embed_tokens(canvas), None)], 1)
+
+        def attend(i, spec, q, k, v):
+            k_all, v_all = cache.write(i, start, k[:, :, :T], v[:, :, :T])
+            keys, values = torch.cat([k_all, k[:, :, T:]], 2), torch.cat([v_all, v[:, :, T:]], 2)
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=masks[spec.sliding], scale=1.0,
+                                                  enable_gqa=True)
+
+        hidden = self.run(x, positions, attend, decoder=is_canvas)
+        cache.length = end
+        return hidden[:, T:]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

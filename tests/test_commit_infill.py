@@ -67,10 +67,11 @@ def test_the_cache_keeps_the_middle_and_the_next_request_reencodes_only_what_cha
     first = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
     prompt = [tok.bos_id] + tok.encode(PREFIX)
     assert first.tokens >= 2
-    assert engine._cached_ids[: len(prompt)] == prompt and len(engine._cached_ids) == len(prompt) + first.tokens
+    # the cache holds the middle but its last token (committed with the next pass, which never ran)
+    assert engine._cached_ids[: len(prompt)] == prompt and len(engine._cached_ids) == len(prompt) + first.tokens - 1
     before = engine.encoded_tokens
     again = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
-    assert engine.encoded_tokens - before == first.tokens  # the prompt was reused: only the middle re-encoded
+    assert engine.encoded_tokens - before == first.tokens - 1  # the prompt was reused: only the middle re-encoded
     assert again.text == first.text == Engine.load(committing).infill(PREFIX, SUFFIX, max_middle_tokens=6)[0].text
 
 
@@ -98,19 +99,19 @@ def test_each_pass_streams_the_middle_so_far(committing):
 
 
 def newline_at(engine, passes: set[int]):
-    """The real decoder, its logits pushed to the newline token on the given passes (1-based)."""
+    """The real model, its logits pushed to the newline token on the given passes (1-based)."""
     newline = engine.tokenizer.encode("\n")
     assert len(newline) == 1
-    real, count = engine.model.decoder_logits, [0]
+    real, count = engine.model.logits, [0]
 
-    def decoder_logits(*args, **kwargs):
+    def logits(*args, **kwargs):  # one call a pass in committing decoding
         count[0] += 1
-        logits = real(*args, **kwargs)
+        out = real(*args, **kwargs)
         if count[0] in passes:
-            logits[..., newline[0]] = logits.max() + 100
-        return logits
+            out[..., newline[0]] = out.max() + 100
+        return out
 
-    engine.model.decoder_logits = decoder_logits
+    engine.model.logits = logits
     return count
 
 
@@ -170,3 +171,28 @@ def test_a_committing_model_continues_text_one_token_a_pass_and_streams_each(com
     engine.generation.commit_head = 0
     middle = engine.infill("def add(a, b):\n", "", max_middle_tokens=5)[0]
     assert middle.text == out.text
+
+
+@pytest.mark.parametrize("length, tokens, width", [(10, 1, 1), (100, 1, 5), (150, 3, 4), (63, 1, 2), (64, 2, 3)])
+def test_encode_then_decode_is_an_encode_and_a_decode_in_one_pass(length, tokens, width, tmp_path):
+    """DiffusionGemma.encode_then_decode (what committing decoding runs a token) computes what
+    encode(ids) then decoder_logits(canvas) compute, the cache included, across the tiny model's
+    sliding window (64) too."""
+    from engine.checkpoint import load_model
+    from engine.model import KVCache
+
+    model, config, _, _ = load_model(write_tiny_checkpoint(tmp_path / "ck", seed=0), dtype="float32")
+    g = torch.Generator().manual_seed(length)
+    prompt, ids, canvas = (torch.randint(3, config.vocab_size, (1, n), generator=g) for n in (length, tokens, width))
+    with torch.no_grad():
+        apart = KVCache(config, 1, model.dtype, "cpu")
+        model.encode(prompt, apart)
+        model.encode(ids, apart)
+        want = model.decoder_logits(canvas, model.decoder_context(apart, 1), apart.length)
+        fused = KVCache(config, 1, model.dtype, "cpu")
+        model.encode(prompt, fused)
+        got = model.logits(model.encode_then_decode(ids, canvas, fused))
+    assert fused.length == apart.length == length + tokens
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(apart.keys + apart.values, fused.keys + fused.values):
+        torch.testing.assert_close(b[:, :, : fused.length], a[:, :, : apart.length], atol=1e-5, rtol=1e-5)
