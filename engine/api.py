@@ -65,15 +65,17 @@ def trim_line(text: str) -> str:
 @torch.no_grad()
 def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: GenerationConfig, *, limit: int,
                   seed: int, should_stop=None, done: Callable[[list[int]], bool] = lambda out: False,
-                  committed: Callable[[int], None] = lambda token: None) -> tuple[list[int], int, float]:
+                  committed: Callable[[int], None] = lambda token: None,
+                  pending: list[int] = ()) -> tuple[list[int], int, float]:
     """Committing decoding (GenerationConfig.commit_hole) after what `cache` holds: each pass decodes
     a canvas of `commit_hole` uniform-noise positions right after the cache, then `known` clamped;
     takes the argmax at its first position (never that position's own noise token, with
     ignore_noise_tokens); the next pass encodes it into the cache in the same pass over the weights
     (DiffusionGemma.encode_then_decode; `committed(token)` hears it), so the cache ends holding all
     but the last token. Stops at end of text, pad or a filler there, once `done(tokens so far)` is
-    true, or after `limit` tokens.
-    Returns the tokens, the decoder passes and the summed log-probability of the picks."""
+    true, or after `limit` tokens. `pending`: prompt tokens not in the cache yet, encoded by the
+    first pass the same way. Returns the tokens, the decoder passes and the summed log-probability
+    of the picks."""
     width = gen.commit_hole + len(known)
     if width > model.config.canvas_length:
         raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
@@ -87,9 +89,11 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
             raise Cancelled("generation cancelled")
         hole = torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=generator, device=model.device)
         canvas = torch.cat([hole, clamped], 1)
-        if out:  # the last token's encode and this pass in one read of the weights
-            hidden = model.encode_then_decode(torch.tensor([out[-1:]], device=model.device), canvas, cache)
-            committed(out[-1])
+        feed = out[-1:] if out else list(pending)
+        if feed:  # the last token's encode and this pass in one read of the weights
+            hidden = model.encode_then_decode(torch.tensor([feed], device=model.device), canvas, cache)
+            for token in feed:
+                committed(token)
         else:
             context = model.decoder_context(cache, 1)
             hidden = model.decode_soft(canvas, context.keys, context.values, cache.length, None)
@@ -351,17 +355,20 @@ class Engine:
 
     def _commit(self, ids: list[int], known: list[int], gen: GenerationConfig, *, limit: int, seed: int,
                 should_stop, done: Callable[[list[int]], bool]) -> tuple[list[int], int, float]:
-        """commit_tokens after the prompt `ids`, in the engine's own cache: it keeps what was
-        committed, so the next prefill re-encodes only what changed."""
+        """commit_tokens after the prompt `ids`, in the engine's own cache (the prompt's last token
+        encoded with the first pass): it keeps what was committed, so the next prefill re-encodes
+        only what changed."""
         width = gen.commit_hole + len(known)
-        cache = self.prefill(self.fit_prompt(ids, self.config.max_position_embeddings - limit - width))
+        ids = self.fit_prompt(ids, self.config.max_position_embeddings - limit - width)
+        pending = ids[-1:] if len(ids) > 1 else []  # encoded with the first decoder pass
+        cache = self.prefill(ids[: len(ids) - len(pending)])
 
         def committed(token: int) -> None:
             self._cached_ids.append(token)
             self.encoded_tokens += 1
 
         return commit_tokens(self.model, self.tokenizer, cache, known, gen, limit=limit, seed=seed,
-                             should_stop=should_stop, done=done, committed=committed)
+                             should_stop=should_stop, done=done, committed=committed, pending=pending)
 
     def _infill_committing(self, pre: list[int], suf: list[int], gen: GenerationConfig, *, max_middle_tokens: int,
                            seed: int, one_line: bool, stop_when, should_stop, on_step, t0: float) -> Infill:

@@ -71,7 +71,8 @@ def test_the_cache_keeps_the_middle_and_the_next_request_reencodes_only_what_cha
     assert engine._cached_ids[: len(prompt)] == prompt and len(engine._cached_ids) == len(prompt) + first.tokens - 1
     before = engine.encoded_tokens
     again = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
-    assert engine.encoded_tokens - before == first.tokens - 1  # the prompt was reused: only the middle re-encoded
+    # the prompt was reused: re-encoded are its last token (with the first pass, as always) and the middle
+    assert engine.encoded_tokens - before == 1 + first.tokens - 1
     assert again.text == first.text == Engine.load(committing).infill(PREFIX, SUFFIX, max_middle_tokens=6)[0].text
 
 
