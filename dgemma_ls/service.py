@@ -290,7 +290,9 @@ class CompletionService:
             description = await asyncio.wrap_future(
                 self.worker.load(path, settings.device, settings.dtype, settings.compile,
                                  quantize=settings.quantize or self.cli_quantize, remote=remote,
-                                 on_compiled=lambda text: loop.call_soon_threadsafe(self._compile_finished, text))
+                                 on_compiled=lambda text: loop.call_soon_threadsafe(self._compile_finished, text),
+                                 on_progress=lambda text: loop.call_soon_threadsafe(self._building, number, text,
+                                                                                    progress))
             )
         except Cancelled:
             progress("end", superseded, None)
@@ -309,6 +311,12 @@ class CompletionService:
             return
         progress("end", f"ready: {description}", None)
         self.reporter.log(logging.INFO, f"dgemma: model ready: {description}")
+
+    def _building(self, number: int, message: str, progress: Callable[[str, str, int | None], None]) -> None:
+        """The embedded model's first-use build, step by step, while load `number` is current."""
+        if self.is_current_load(number):
+            progress("report", message, None)
+            self.reporter.log(logging.INFO, f"dgemma: {message}")
 
     def _compile_finished(self, description: str) -> None:
         self.reporter.log(logging.INFO, f"dgemma: compile finished: {description}")

@@ -82,7 +82,8 @@ class ModelWorker:
         return future
 
     def load(self, path: str | None, device: str, dtype: str, compile: bool = False, quantize: str = "none",
-             on_compiled: Callable[[str], None] | None = None, remote: BackendConfig | None = None) -> Future[str]:
+             on_compiled: Callable[[str], None] | None = None, remote: BackendConfig | None = None,
+             on_progress: Callable[[str], None] | None = None) -> Future[str]:
         """Replace the engine; resolves to its one-line description or raises EngineError.
 
         With `compile`, the engine serves eager at once while its denoising step compiles on a
@@ -91,7 +92,8 @@ class ModelWorker:
         outcome (called on that thread), unless a newer load superseded this one.
 
         With `remote`, a remote backend (dgemma_ls.backends) takes the engine's place: nothing is
-        loaded or compiled here, and every job gets the backend instead."""
+        loaded or compiled here, and every job gets the backend instead. `on_progress(message)`
+        hears the embedded model's first-use build (about half a minute; called on the model thread)."""
         self._load_generation += 1
         generation = self._load_generation
         replaced, self.engine = self.engine, None
@@ -105,7 +107,7 @@ class ModelWorker:
                 raise Cancelled("a newer model load superseded this one")
             try:
                 engine = make_backend(remote) if remote else Engine.load(path, device=device, dtype=dtype,
-                                                                         quantize=quantize)
+                                                                         quantize=quantize, progress=on_progress)
             except EngineError as error:
                 if generation == self._load_generation:
                     self.unavailable_reason = f"the model failed to load: {error}"
