@@ -66,7 +66,8 @@ def trim_line(text: str) -> str:
 def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: GenerationConfig, *, limit: int,
                   seed: int, should_stop=None, done: Callable[[list[int]], bool] = lambda out: False,
                   committed: Callable[[int], None] = lambda token: None,
-                  pending: list[int] = ()) -> tuple[list[int], int, float]:
+                  pending: list[int] = (), start: list[int] = (), generator: torch.Generator | None = None,
+                  on_logits: Callable[[torch.Tensor], None] | None = None) -> tuple[list[int], int, float]:
     """Committing decoding (GenerationConfig.commit_hole) after what `cache` holds: each pass decodes
     a canvas of `commit_hole` uniform-noise positions right after the cache, then `known` clamped;
     takes the argmax at its first position (never that position's own noise token, with
@@ -74,22 +75,27 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
     (DiffusionGemma.encode_then_decode; `committed(token)` hears it), so the cache ends holding all
     but the last token. Stops at end of text, pad or a filler there, once `done(tokens so far)` is
     true, or after `limit` tokens. `pending`: prompt tokens not in the cache yet, encoded by the
-    first pass the same way. Returns the tokens, the decoder passes and the summed log-probability
-    of the picks."""
+    first pass the same way. `start`: tokens already picked (a branch's first token), not in the
+    cache yet either, fed with the first pass too. `generator` (default: seeded with `seed`) draws
+    the noise; `on_logits` sees each pass's logits at the first position. Returns the tokens, the
+    decoder passes and the summed log-probability of the picks (those in `start` not counted)."""
     width = gen.commit_hole + len(known)
     if width > model.config.canvas_length:
         raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
-    generator = torch.Generator(device=model.device).manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator(device=model.device).manual_seed(seed)
     clamped = torch.tensor([known], dtype=torch.long, device=model.device)
     stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
-    out: list[int] = []
+    out: list[int] = list(start)
     passes, logprob = 0, 0.0
+    if out and done(out):
+        return out, passes, logprob
     while len(out) < limit:
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
         hole = torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=generator, device=model.device)
         canvas = torch.cat([hole, clamped], 1)
-        feed = out[-1:] if out else list(pending)
+        feed = list(pending) + list(start) if passes == 0 else out[-1:]
         if feed:  # the last token's encode and this pass in one read of the weights
             hidden = model.encode_then_decode(torch.tensor([feed], device=model.device), canvas, cache)
             for token in feed:
@@ -100,6 +106,8 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
         logits = model.logits(hidden[0, 0])
         if gen.ignore_noise_tokens:
             logits[hole[0, 0]] = float("-inf")
+        if on_logits is not None:
+            on_logits(logits)
         token = int(logits.argmax())
         logprob += float(torch.log_softmax(logits.float(), -1)[token])
         passes += 1
@@ -313,6 +321,7 @@ class Engine:
                 on_step(Draft(len(out) - 1, 1, 1, token, token, torch.ones_like(token, dtype=torch.bool)))
             return False
 
+        ids = self.fit_prompt(ids, self.config.max_position_embeddings - limit - gen.commit_hole)
         out, passes, _ = self._commit(ids, [], gen, limit=limit, seed=seed, should_stop=should_stop, done=done)
         return Continuation(self.tokenizer.decode(out), len(out), [1] * passes, passes, len(out) / max(passes, 1),
                             (time.perf_counter() - t0) * 1000)
@@ -354,44 +363,78 @@ class Engine:
         return seeded, torch.zeros_like(clamped)
 
     def _commit(self, ids: list[int], known: list[int], gen: GenerationConfig, *, limit: int, seed: int,
-                should_stop, done: Callable[[list[int]], bool]) -> tuple[list[int], int, float]:
-        """commit_tokens after the prompt `ids`, in the engine's own cache (the prompt's last token
-        encoded with the first pass): it keeps what was committed, so the next prefill re-encodes
-        only what changed."""
-        width = gen.commit_hole + len(known)
-        ids = self.fit_prompt(ids, self.config.max_position_embeddings - limit - width)
+                should_stop, done: Callable[[list[int]], bool], **options) -> tuple[list[int], int, float]:
+        """commit_tokens after the prompt `ids` (already cut to fit), in the engine's own cache (the
+        prompt's last token encoded with the first pass): it keeps what was committed, so the next
+        prefill re-encodes only what changed. `options`: commit_tokens's."""
         pending = ids[-1:] if len(ids) > 1 else []  # encoded with the first decoder pass
         cache = self.prefill(ids[: len(ids) - len(pending)])
-
-        def committed(token: int) -> None:
-            self._cached_ids.append(token)
-            self.encoded_tokens += 1
-
         return commit_tokens(self.model, self.tokenizer, cache, known, gen, limit=limit, seed=seed,
-                             should_stop=should_stop, done=done, committed=committed, pending=pending)
+                             should_stop=should_stop, done=done, committed=self._committed, pending=pending,
+                             **options)
+
+    def _committed(self, token: int) -> None:
+        """A token committing decoding encoded into the engine's cache."""
+        self._cached_ids.append(token)
+        self.encoded_tokens += 1
 
     def _infill_committing(self, pre: list[int], suf: list[int], gen: GenerationConfig, *, max_middle_tokens: int,
-                           seed: int, one_line: bool, stop_when, should_stop, on_step, t0: float) -> Infill:
-        """The middle by committing (_commit), the suffix's first `commit_head` tokens clamped after
-        the hole (+ end of text where the whole suffix fits). It ends at the end of the first
+                           num_candidates: int, seed: int, one_line: bool, stop_when, should_stop, on_step,
+                           t0: float) -> list[Infill]:
+        """The middle by committing (commit_tokens), the suffix's first `commit_head` tokens clamped
+        after the hole (+ end of text where the whole suffix fits). It ends at the end of the first
         non-blank line (`one_line`: the middle is cut before that line's newline) or once
         `stop_when(middle so far)` is true (the caller's scope has ended). Score: the mean
-        log-probability of the picks (the stop's too)."""
-        tok = self.tokenizer
+        log-probability of the picks (the stop's too).
+
+        Candidates branch on the first token: the i-th candidate starts with the first pass's i-th
+        likeliest token, then goes on greedily (one candidate: the greedy middle alone); each
+        branch costs its own passes. Deduplicated, best score first. `on_step` follows the first."""
+        tok, model = self.tokenizer, self.model
         known = commit_known(tok, suf, gen.commit_head)
-
-        def done(out: list[int]) -> bool:
-            text = tok.decode(out)
-            if on_step is not None:
-                on_step(len(out), trim_line(text) if one_line else text)
-            return (one_line and "\n" in text.lstrip()) or (stop_when is not None and stop_when(text))
-
         prompt = ([tok.bos_id] if tok.bos_id is not None else []) + pre
-        out, passes, logprob = self._commit(prompt, known, gen, limit=max_middle_tokens, seed=seed,
-                                            should_stop=should_stop, done=done)
-        text = tok.decode(out)
-        return Infill(trim_line(text) if one_line else text, len(out), passes, len(out) / max(passes, 1),
-                      (time.perf_counter() - t0) * 1000, logprob / max(passes, 1), gen.commit_hole)
+        width = gen.commit_hole + len(known)
+        prompt = self.fit_prompt(prompt, self.config.max_position_embeddings - max_middle_tokens - width)
+        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+
+        def finish(out: list[int], passes: int, logprob: float) -> Infill:
+            text = tok.decode(out)
+            return Infill(trim_line(text) if one_line else text, len(out), passes, len(out) / max(passes, 1),
+                          (time.perf_counter() - t0) * 1000, logprob / max(passes, 1), gen.commit_hole)
+
+        def ended(branch: int):
+            def done(out: list[int]) -> bool:
+                text = tok.decode(out)
+                if on_step is not None and branch == 0:
+                    on_step(len(out), trim_line(text) if one_line else text)
+                return (one_line and "\n" in text.lstrip()) or (stop_when is not None and stop_when(text))
+            return done
+
+        if num_candidates <= 1:
+            return [finish(*self._commit(prompt, known, gen, limit=max_middle_tokens, seed=seed,
+                                         should_stop=should_stop, done=ended(0)))]
+        # the first pass once, on the whole prompt; then each branch from the prompt's cache, its
+        # noise drawn on from where the first pass left it (branch 0 is the greedy middle exactly)
+        generator = torch.Generator(device=model.device).manual_seed(seed)
+        seen: list[torch.Tensor] = []
+        self._commit(prompt, known, gen, limit=1, seed=seed, should_stop=should_stop, done=lambda out: False,
+                     generator=generator, on_logits=seen.append)
+        logp = torch.log_softmax(seen[0].float(), -1)
+        after_first = generator.get_state()
+        found: dict[str, Infill] = {}
+        for branch, token in enumerate(logp.topk(num_candidates).indices.tolist()):
+            if token in stops:
+                candidate = finish([], 1, float(logp[token]))
+            else:
+                cache = self.prefill(prompt)
+                generator.set_state(after_first)
+                out, passes, logprob = commit_tokens(
+                    model, tok, cache, known, gen, limit=max_middle_tokens, seed=seed, should_stop=should_stop,
+                    done=ended(branch), committed=self._committed, start=[token], generator=generator)
+                candidate = finish(out, passes + 1, logprob + float(logp[token]))
+            if candidate.text not in found or found[candidate.text].score < candidate.score:
+                found[candidate.text] = candidate
+        return sorted(found.values(), key=lambda c: -c.score)
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, num_candidates: int = 1,
                steps: int | None = None, entropy_bound: float | None = None, seed: int = 0,
@@ -414,9 +457,10 @@ class Engine:
         gen = self._generation(steps, entropy_bound)
         pre, suf = tok.encode(prefix), tok.encode(suffix)
         if gen.commit_hole and mode == "canvas":
-            return [self._infill_committing(pre, suf, gen, max_middle_tokens=max_middle_tokens, seed=seed,
-                                            one_line=one_line, stop_when=stop_when, should_stop=should_stop,
-                                            on_step=on_step, t0=t0)]
+            return self._infill_committing(pre, suf, gen, max_middle_tokens=max_middle_tokens,
+                                           num_candidates=num_candidates, seed=seed, one_line=one_line,
+                                           stop_when=stop_when, should_stop=should_stop, on_step=on_step,
+                                           t0=t0)
         eos = tok.eos_ids[0] if tok.eos_ids else None
         width = self.config.canvas_length
         hole_cap = max(1, min(max_middle_tokens, width - 2 * min(context_tokens, width // 8)))
