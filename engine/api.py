@@ -119,6 +119,60 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
     return out, passes, logprob
 
 
+@torch.no_grad()
+def commit_branches(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: GenerationConfig,
+                    firsts: list[int], *, limit: int, generator: torch.Generator, should_stop=None,
+                    done: Callable[[int, list[int]], bool] = lambda branch, out: False
+                    ) -> list[tuple[list[int], int, float]]:
+    """commit_tokens for several branches at once, each started with its own first token after the
+    prompt `cache` holds (left unchanged: the branches run in a copy, one row each, in lockstep, so
+    a pass reads the weights once for all of them). Each row draws its noise from its own copy of
+    `generator`'s state, so row b decides as commit_tokens(start=[firsts[b]], generator=a copy)
+    would. A row stops as commit_tokens stops (`done(branch, tokens so far)`); the others go on.
+    Returns (tokens, passes, summed log-probability of the picks after the first) per branch."""
+    B = len(firsts)
+    width = gen.commit_hole + len(known)
+    if width > model.config.canvas_length:
+        raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
+    rows = KVCache(model.config, B, model.dtype, model.device, capacity=cache.length + limit + 1)
+    for store, source in ((rows.keys, cache.keys), (rows.values, cache.values)):
+        for i, t in enumerate(source):
+            store[i][:, :, : cache.length] = t[:, :, : cache.length]
+    rows.length = cache.length
+    state = generator.get_state()
+    generators = [torch.Generator(device=model.device) for _ in range(B)]
+    for g in generators:
+        g.set_state(state)
+    clamped = torch.tensor([known] * B, dtype=torch.long, device=model.device).reshape(B, len(known))
+    stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+    outs = [[t] for t in firsts]
+    alive = [not done(b, outs[b]) for b in range(B)]
+    passes, logprobs = [0] * B, [0.0] * B
+    while any(alive) and min(len(outs[b]) for b in range(B) if alive[b]) < limit:
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        hole = torch.cat([torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=g,
+                                        device=model.device) for g in generators])
+        feed = torch.tensor([out[-1:] for out in outs], device=model.device)
+        logits = model.logits(model.encode_then_decode(feed, torch.cat([hole, clamped], 1), rows)[:, 0])
+        if gen.ignore_noise_tokens:
+            logits[torch.arange(B), hole[:, 0]] = float("-inf")
+        logp = torch.log_softmax(logits.float(), -1)
+        picks = logits.argmax(-1).tolist()
+        for b, token in enumerate(picks):
+            if not alive[b]:
+                continue
+            passes[b] += 1
+            logprobs[b] += float(logp[b, token])
+            if token in stops:
+                alive[b] = False
+                continue
+            outs[b].append(token)
+            if done(b, outs[b]) or len(outs[b]) >= limit:
+                alive[b] = False
+    return [(outs[b], passes[b], logprobs[b]) for b in range(B)]
+
+
 def commit_known(tok: Tokenizer, suffix: list[int], head: int) -> list[int]:
     """What committing infilling clamps after its hole: the suffix's first `head` tokens, and end
     of text where the whole suffix fits (as the canvas plan marks a document's end)."""
@@ -420,17 +474,17 @@ class Engine:
         self._commit(prompt, known, gen, limit=1, seed=seed, should_stop=should_stop, done=lambda out: False,
                      generator=generator, on_logits=seen.append)
         logp = torch.log_softmax(seen[0].float(), -1)
-        after_first = generator.get_state()
+        firsts = logp.topk(num_candidates).indices.tolist()
+        live = [t for t in firsts if t not in stops]
+        runs = iter(commit_branches(model, tok, self.prefill(prompt), known, gen, live, limit=max_middle_tokens,
+                                    generator=generator, should_stop=should_stop,
+                                    done=lambda b, out: ended(firsts.index(live[b]))(out)) if live else [])
         found: dict[str, Infill] = {}
-        for branch, token in enumerate(logp.topk(num_candidates).indices.tolist()):
+        for token in firsts:
             if token in stops:
                 candidate = finish([], 1, float(logp[token]))
             else:
-                cache = self.prefill(prompt)
-                generator.set_state(after_first)
-                out, passes, logprob = commit_tokens(
-                    model, tok, cache, known, gen, limit=max_middle_tokens, seed=seed, should_stop=should_stop,
-                    done=ended(branch), committed=self._committed, start=[token], generator=generator)
+                out, passes, logprob = next(runs)
                 candidate = finish(out, passes + 1, logprob + float(logp[token]))
             if candidate.text not in found or found[candidate.text].score < candidate.score:
                 found[candidate.text] = candidate

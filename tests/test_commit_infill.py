@@ -209,3 +209,27 @@ def test_encode_then_decode_is_an_encode_and_a_decode_in_one_pass(length, tokens
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for a, b in zip(apart.keys + apart.values, fused.keys + fused.values):
         torch.testing.assert_close(b[:, :, : fused.length], a[:, :, : apart.length], atol=1e-5, rtol=1e-5)
+
+
+def test_branches_in_lockstep_decide_as_each_branch_alone(committing):
+    """commit_branches (the candidates' rows in one pass a token) against commit_tokens run once
+    per branch from the same prompt cache and the same generator state."""
+    from engine.api import commit_branches, commit_tokens
+
+    engine = Engine.load(committing)
+    tok, model, gen = engine.tokenizer, engine.model, engine.generation
+    prompt = [tok.bos_id] + tok.encode(PREFIX)
+    known = tok.encode(SUFFIX)[:3]
+    firsts = [17, 42, 99]
+    generator = torch.Generator().manual_seed(7)
+    generator.manual_seed(7)
+    cache = engine.prefill(prompt)
+    together = commit_branches(model, tok, cache, known, gen, firsts, limit=6, generator=generator)
+    assert cache.length == len(prompt)  # the prompt's cache is left as it was
+    for first, (out, passes, logprob) in zip(firsts, together):
+        alone_generator = torch.Generator().manual_seed(7)
+        alone = commit_tokens(model, tok, engine.prefill(prompt), known, gen, limit=6, seed=0, start=[first],
+                              generator=alone_generator)
+        assert out == alone[0] and passes == alone[1] and logprob == pytest.approx(alone[2], abs=1e-4)
+        assert out[0] == first and len(out) <= 6
+    assert max(len(out) for out, _, _ in together) > 2  # rows ran on past their first tokens
