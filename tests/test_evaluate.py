@@ -219,3 +219,29 @@ def test_commit_decoder_commits_the_decoders_first_position_argmax_token_by_toke
                              out_json=tmp_path / "commit.json", decoder="commit",
                              decoder_options={"hole": hole, "head": head})
     assert summary["decoder"] == "commit" and summary["decoder_options"] == {"hole": hole, "head": head}
+
+
+def test_syntax_pick_takes_the_best_candidate_that_adds_no_syntax_error():
+    """--candidates: the middle dgemma-ls would insert: the first (best score first) that leaves the
+    program with no more tree-sitter errors than the empty middle; the first when none does."""
+    from engine.api import Infill
+    from engine.training.evaluate import syntax_pick
+
+    task = {**ADD, "prompt": "def add(a, b):\n", "suffix": "\nprint(add(1, 2))\n"}
+
+    def cands(*texts):
+        return [Infill(t, 1, 1, 1.0, 0.0, -i, 1) for i, t in enumerate(texts)]
+
+    assert syntax_pick(task, cands("    return (a +", "    return a + b"), "single-line").text == "    return a + b"
+    assert syntax_pick(task, cands("    return a - b", "    return a + b"), "single-line").text == "    return a - b"
+    assert syntax_pick(task, cands("    return (a", "    return [b"), "single-line").text == "    return (a"
+
+
+def test_eval_infilling_scores_the_picked_candidate_and_says_so(engine, tmp_path):
+    write_tasks(tmp_path / "HumanEval-SingleLineInfilling.jsonl.gz", [ADD])
+    summary = eval_infilling(engine, "single-line", None, tmp_path, steps=2, max_middle_tokens=4, heldout=None,
+                             out_json=tmp_path / "picked.json", candidates=3)
+    assert summary["candidates"] == 3 and summary["pick"] == "dgemma-ls syntax check"
+    with pytest.raises(EngineError, match="--candidates needs"):
+        eval_infilling(engine, "single-line", None, tmp_path, max_middle_tokens=4, heldout=None,
+                       out_json=tmp_path / "causal.json", decoder="causal", candidates=3)

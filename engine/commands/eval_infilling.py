@@ -24,6 +24,9 @@ def add_arguments(p):
                    help="causal: the same checkpoint's encoder, greedy left to right from the prefix alone "
                         "(the autoregressive baseline); commit: the diffusion decoder on one-position "
                         "canvases, each committed into the cache (the suffix unseen)")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="ask for N middles and score the one dgemma-ls would insert: the first, best score "
+                        "first, that adds no syntax errors (tree-sitter)")
     p.add_argument("--commit-hole", type=int, default=1, help="--decoder commit: noise positions a pass")
     p.add_argument("--commit-head", type=int, default=0,
                    help="--decoder commit: suffix tokens clamped after the hole (0: the suffix unseen)")
@@ -38,5 +41,5 @@ def run(args) -> int:
                    max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json,
                    decoder=args.decoder, corpus=args.corpus, command=args.command_line,
                    decoder_options={"hole": args.commit_hole, "head": args.commit_head}
-                   if args.decoder == "commit" else None)
+                   if args.decoder == "commit" else None, candidates=args.candidates)
     return 0

@@ -179,13 +179,14 @@ class CommitDecoder:
         self.engine, self.one_line, self.seed, self.hole, self.head = engine, one_line, seed, hole, head
         self.root, self.generation = engine.root, engine.generation
 
-    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None, one_line=None):
+    def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None, one_line=None,
+               num_candidates: int = 1):
         gen = self.engine.generation
         saved = gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens
         gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = self.hole, self.head, True
         try:
             return self.engine.infill(prefix, suffix, max_middle_tokens=max_middle_tokens, seed=self.seed,
-                                      one_line=self.one_line)
+                                      one_line=self.one_line, num_candidates=num_candidates)
         finally:
             gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = saved
 
@@ -193,18 +194,33 @@ class CommitDecoder:
 BASELINES = {"causal": CausalBaseline, "commit": CommitDecoder}  # eval-infilling --decoder, beside "diffusion"
 
 
+def syntax_pick(task: dict, candidates: list, kind: str):
+    """What dgemma-ls would insert from several candidates (its fill action's rule): the first, in
+    score order, that does not leave the program with more tree-sitter syntax errors than the empty
+    middle does; the first when none qualifies."""
+    from dgemma_ls.syntax import SyntaxTree
+
+    def errors(middle: str) -> int:
+        return SyntaxTree(task["prompt"] + middle + task["suffix"], "python").error_count()
+
+    baseline = errors("")
+    return next((c for c in candidates if errors(postprocess(c.text, kind)) <= baseline), candidates[0])
+
+
 def fill(engine, tasks: list[dict], *, steps: int | None, max_middle_tokens: int, kind: str | None = None,
-         label: str = "infill", one_line: bool = False) -> Iterator[Filled]:
+         label: str = "infill", one_line: bool = False, candidates: int = 1) -> Iterator[Filled]:
     """Best middle per task, post-processed as `kind` (default: from the task id); progress
     (n/N, ms/task) on stderr. `one_line`: a committing engine may stop at the end of its first
-    line (single-line tasks; the baselines keep their own setting)."""
+    line (single-line tasks; the baselines keep their own setting). `candidates` > 1: that many
+    asked for, the middle picked as the language server would (syntax_pick)."""
     total, spent = len(tasks), 0.0
     every = 1 if sys.stderr.isatty() else max(1, total // 20)
     for n, task in enumerate(tasks, 1):
         t0 = time.perf_counter()
         try:
-            best = engine.infill(task["prompt"], task["suffix"], max_middle_tokens=max_middle_tokens, steps=steps,
-                                 one_line=one_line)[0]
+            found = engine.infill(task["prompt"], task["suffix"], max_middle_tokens=max_middle_tokens, steps=steps,
+                                  one_line=one_line, **({"num_candidates": candidates} if candidates > 1 else {}))
+            best = syntax_pick(task, found, kind or task_kind(task["task_id"])) if candidates > 1 else found[0]
             raw, tokens, tpf = best.text, best.tokens, best.tokens_per_forward
         except EngineError as e:  # one bad task must not sink a long run; it scores as empty
             print(f"\n{label}: {task['task_id']}: {e}", file=sys.stderr)
@@ -424,7 +440,7 @@ def markdown(summary: dict) -> str:
 def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
                    max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
                    timeout: float = TIMEOUT_S, decoder: str = "diffusion", corpus: str | Path = CORPUS_DIR,
-                   command: str | None = None, decoder_options: dict | None = None) -> dict:
+                   command: str | None = None, decoder_options: dict | None = None, candidates: int = 1) -> dict:
     """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
     the empty-completion baseline from the same run. `decoder="causal"` scores the same checkpoint's
     left-to-right baseline (CausalBaseline) instead. Prints a Markdown table; writes the summary to
@@ -445,8 +461,10 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         if decoder in BASELINES:
             engine = BASELINES[decoder](engine, one_line=benchmark == "single-line", **(decoder_options or {}))
         engine.infill("def f(x):\n", "\n", max_middle_tokens=4, steps=2)  # first-call set-up, not timed
+        if candidates > 1 and decoder == "causal":
+            raise EngineError("--candidates needs a decoder that gives several (diffusion or commit)")
         filled = list(fill(engine, tasks, steps=steps, max_middle_tokens=max_middle_tokens,
-                           one_line=benchmark == "single-line"))
+                           one_line=benchmark == "single-line", candidates=candidates))
     t0 = time.perf_counter()
     sources = [program(t, f.completion) for t, f in zip(tasks, filled)]
     if engine is not None:  # the empty-completion baseline, scored beside the model in the same run
@@ -463,6 +481,7 @@ def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=Non
         "steps": steps if steps is not None else (engine.generation.max_denoising_steps if engine else None),
         "max_middle_tokens": max_middle_tokens, "decoder": decoder, **({"decoder_options": decoder_options}
                                                                        if decoder_options else {}),
+        **({"candidates": candidates, "pick": "dgemma-ls syntax check"} if candidates > 1 else {}),
         "pass@1": sum(o.passed for o in model_outcomes) / max(len(tasks), 1),
         "baseline_pass@1": sum(o.passed for o in baseline_outcomes) / max(len(tasks), 1),
         "timeouts": sum(o.status == "timeout" for o in model_outcomes),
