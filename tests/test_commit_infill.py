@@ -62,14 +62,13 @@ def test_one_candidate_is_the_greedy_middle_and_counts_its_passes(committing):
 
 
 def test_candidates_branch_on_the_first_token_then_go_on_greedily(committing):
-    """The i-th candidate starts with the first pass's i-th likeliest token; the first branch is
-    the single greedy middle exactly (its noise drawn on from the same generator state)."""
+    """The i-th candidate starts with the first pass's i-th likeliest token, in that order; the
+    first is the single greedy middle exactly (its noise drawn on from the same generator state)."""
     engine = Engine.load(committing)
     greedy = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6)[0]
     fills = engine.infill(PREFIX, SUFFIX, max_middle_tokens=6, num_candidates=3)
     texts = [f.text for f in fills]
-    assert 2 <= len(fills) <= 3 and len(set(texts)) == len(texts) and greedy.text in texts
-    assert [f.score for f in fills] == sorted((f.score for f in fills), reverse=True)
+    assert 2 <= len(fills) <= 3 and len(set(texts)) == len(texts) and texts[0] == greedy.text
     assert all(f.steps == f.tokens or f.steps == f.tokens + 1 for f in fills)
 
 
