@@ -256,4 +256,3 @@ def _commit_each(engine: Engine, holes: list[Hole], caches: PromptCaches, gen, *
         results.append(Infill(tok.decode(out), len(out), passes, len(out) / max(passes, 1),
                               (time.perf_counter() - t0) * 1000, logprob / max(passes, 1), gen.commit_hole))
     return results, stats
-

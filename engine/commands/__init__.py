@@ -20,7 +20,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def load_engine(args: argparse.Namespace):
     from engine.api import Engine
 
-    def progress(message: str) -> None:  # the embedded model's first-use build (about a minute)
+    def progress(message: str) -> None:  # the embedded model's first-use build (about half a minute)
         print(f"dgemma: {message}", file=sys.stderr, flush=True)
 
     return Engine.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, progress=progress)

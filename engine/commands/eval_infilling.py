@@ -25,8 +25,8 @@ def add_arguments(p):
                         "(the autoregressive baseline); commit: the diffusion decoder on one-position "
                         "canvases, each committed into the cache (the suffix unseen)")
     p.add_argument("--candidates", type=int, default=1,
-                   help="ask for N middles and score the one dgemma-ls would insert: the first, best score "
-                        "first, that adds no syntax errors (tree-sitter)")
+                   help="ask for N middles and score the one dgemma-ls would insert: the first, in the "
+                        "order the engine gives them, that adds no syntax errors (tree-sitter)")
     p.add_argument("--commit-hole", type=int, default=1, help="--decoder commit: noise positions a pass")
     p.add_argument("--commit-head", type=int, default=0,
                    help="--decoder commit: suffix tokens clamped after the hole (0: the suffix unseen)")

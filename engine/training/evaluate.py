@@ -196,8 +196,8 @@ BASELINES = {"causal": CausalBaseline, "commit": CommitDecoder}  # eval-infillin
 
 def syntax_pick(task: dict, candidates: list, kind: str):
     """What dgemma-ls would insert from several candidates (its fill action's rule): the first, in
-    score order, that does not leave the program with more tree-sitter syntax errors than the empty
-    middle does; the first when none qualifies."""
+    the order the engine gives them, that does not leave the program with more tree-sitter syntax
+    errors than the empty middle does; the first when none qualifies."""
     from dgemma_ls.syntax import SyntaxTree
 
     def errors(middle: str) -> int:
@@ -440,10 +440,12 @@ def markdown(summary: dict) -> str:
 def eval_infilling(engine, benchmark: str, limit: int | None, benchmarks_dir=None, *, steps: int | None = None,
                    max_middle_tokens: int = 48, heldout=None, out_json=None, workers: int = WORKERS,
                    timeout: float = TIMEOUT_S, decoder: str = "diffusion", corpus: str | Path = CORPUS_DIR,
-                   command: str | None = None, decoder_options: dict | None = None, candidates: int = 1) -> dict:
+                   command: str | None = None, decoder_options: dict | None = None,
+                   candidates: int = 1) -> dict:
     """pass@1 of `engine` (None: the empty completion) on a HumanEval-infilling benchmark, beside
     the empty-completion baseline from the same run. `decoder="causal"` scores the same checkpoint's
-    left-to-right baseline (CausalBaseline) instead. Prints a Markdown table; writes the summary to
+    left-to-right baseline (CausalBaseline) instead; `candidates` > 1 scores the middle dgemma-ls
+    would pick from that many (syntax_pick). Prints a Markdown table; writes the summary to
     `out_json` (default runs/eval/<benchmark>[.baseline].json, stamped with the commit and command
     line) with completions beside it; `corpus` holds the held-out split for `heldout`."""
     if benchmark not in BENCHMARKS:
