@@ -62,6 +62,33 @@ def trim_line(text: str) -> str:
     return text[: len(text) - len(body) + body.index("\n")] if "\n" in body else text
 
 
+def commit_views(model, gen: GenerationConfig, clamped: torch.Tensor, generators: list[torch.Generator]):
+    """One pass's canvases, rows b drawn from generators[b]: the hole (`commit_hole` noise positions)
+    with `clamped` (B, K) after it, and with `commit_blind` a one-position noise canvas beside it.
+    Returns the canvases and each one's noise token at its first position (B,) (never picked)."""
+    V, dev = model.config.vocab_size, model.device
+    draws = [[torch.randint(0, V, (1, gen.commit_hole), generator=g, device=dev)]
+             + ([torch.randint(0, V, (1, 1), generator=g, device=dev)] if gen.commit_blind else []) for g in generators]
+    views = [torch.cat([torch.cat([d[v] for d in draws]), clamped], 1) if v == 0 else torch.cat([d[v] for d in draws])
+             for v in range(len(draws[0]))]
+    return views, [view[:, 0] for view in views]
+
+
+def pick_logits(model, gen: GenerationConfig, hiddens: list[torch.Tensor], noise: list[torch.Tensor]) -> torch.Tensor:
+    """(B, V) scores at the views' first positions: the hole's logits, or with `commit_blind` the sum
+    of both views' log-probabilities; each view's own noise token excluded (ignore_noise_tokens)."""
+    rows = torch.arange(hiddens[0].shape[0], device=hiddens[0].device)
+    scores = []
+    for hidden, token in zip(hiddens, noise):
+        logits = model.logits(hidden[:, 0])
+        if gen.ignore_noise_tokens:
+            logits[rows, token] = float("-inf")
+        scores.append(logits)
+    if len(scores) == 1:
+        return scores[0]
+    return sum(torch.log_softmax(s.float(), -1) for s in scores)
+
+
 @torch.no_grad()
 def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: GenerationConfig, *, limit: int,
                   seed: int, should_stop=None, done: Callable[[list[int]], bool] = lambda out: False,
@@ -93,19 +120,16 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
     while len(out) < limit:
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
-        hole = torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=generator, device=model.device)
-        canvas = torch.cat([hole, clamped], 1)
+        views, noise = commit_views(model, gen, clamped, [generator])
         feed = list(pending) + list(start) if passes == 0 else out[-1:]
         if feed:  # the last token's encode and this pass in one read of the weights
-            hidden = model.encode_then_decode(torch.tensor([feed], device=model.device), canvas, cache)
+            hiddens = model.encode_then_decode(torch.tensor([feed], device=model.device), views, cache)
             for token in feed:
                 committed(token)
         else:
             context = model.decoder_context(cache, 1)
-            hidden = model.decode_soft(canvas, context.keys, context.values, cache.length, None)
-        logits = model.logits(hidden[0, 0])
-        if gen.ignore_noise_tokens:
-            logits[hole[0, 0]] = float("-inf")
+            hiddens = [model.decode_soft(view, context.keys, context.values, cache.length, None) for view in views]
+        logits = pick_logits(model, gen, hiddens, noise)[0]
         if on_logits is not None:
             on_logits(logits)
         token = int(logits.argmax())
@@ -151,12 +175,9 @@ def commit_branches(model, tok: Tokenizer, cache: KVCache, known: list[int], gen
     while any(alive) and min(len(outs[b]) for b in range(B) if alive[b]) < limit:
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
-        hole = torch.cat([torch.randint(0, model.config.vocab_size, (1, gen.commit_hole), generator=g,
-                                        device=model.device) for g in generators])
+        views, noise = commit_views(model, gen, clamped, generators)
         feed = torch.tensor([out[-1:] for out in outs], device=model.device)
-        logits = model.logits(model.encode_then_decode(feed, torch.cat([hole, clamped], 1), rows)[:, 0])
-        if gen.ignore_noise_tokens:
-            logits[torch.arange(B), hole[:, 0]] = float("-inf")
+        logits = pick_logits(model, gen, model.encode_then_decode(feed, views, rows), noise)
         logp = torch.log_softmax(logits.float(), -1)
         picks = logits.argmax(-1).tolist()
         for b, token in enumerate(picks):

@@ -181,6 +181,10 @@ class GenerationConfig:
     # ones: the Gemma 3 adaptation (engine/embedded_model/README.md).
     commit_hole: int = 0
     commit_head: int = 0
+    # with commit_hole: each pass also decodes a one-position canvas with nothing after it (the
+    # suffix unseen) and picks the argmax of the two views' summed log-probabilities (one pass over
+    # the weights still: DiffusionGemma.encode_then_decode takes both canvases)
+    commit_blind: bool = False
 
     def __post_init__(self):
         if isinstance(self.eos_token_id, int):
@@ -210,6 +214,10 @@ class GenerationConfig:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.commit_head and not self.commit_hole:
             raise ValueError("commit_head needs commit_hole >= 1 (committing infilling)")
+        if not isinstance(self.commit_blind, bool):
+            raise ValueError(f"commit_blind must be true or false, got {self.commit_blind!r}")
+        if self.commit_blind and not self.commit_hole:
+            raise ValueError("commit_blind needs commit_hole >= 1 (committing infilling)")
 
     @classmethod
     def from_hf_dict(cls, raw: dict) -> "GenerationConfig":
@@ -230,6 +238,7 @@ class GenerationConfig:
             "encoder_draft": raw.get("encoder_draft"),
             "commit_hole": raw.get("commit_hole"),
             "commit_head": raw.get("commit_head"),
+            "commit_blind": raw.get("commit_blind"),
         }
         for key, value in values.items():
             if value is not None:
@@ -251,6 +260,7 @@ class GenerationConfig:
             **({"ignore_noise_tokens": True} if self.ignore_noise_tokens else {}),
             **({"encoder_draft": True} if self.encoder_draft else {}),
             **({"commit_hole": self.commit_hole, "commit_head": self.commit_head} if self.commit_hole else {}),
+            **({"commit_blind": True} if self.commit_blind else {}),
         }
 
 

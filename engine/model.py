@@ -369,30 +369,43 @@ class DiffusionGemma(nn.Module):
         soft (B, C, H) (None on a canvas's first step): decode_soft then logits."""
         return self.logits(self.decode_soft(canvas, context.keys, context.values, start, soft))
 
-    def encode_then_decode(self, ids: torch.Tensor, canvas: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def encode_then_decode(self, ids: torch.Tensor, canvas: torch.Tensor | list[torch.Tensor],
+                           cache: KVCache) -> torch.Tensor | list[torch.Tensor]:
         """`encode(ids)` then `decode(canvas)` after it (first step: no self-conditioning) in one pass
-        over the weights: the new tokens (1, T) and the canvas (1, C) side by side in one sequence,
+        over the weights: the new tokens (B, T) and the canvas (B, C) side by side in one sequence,
         each position with its own layer scalars, one attention mask keeping them apart (the new
         tokens see the cache causally, never the canvas; the canvas sees the cache with the new
         tokens as `decoder_context` would, and itself). Appends the tokens' KV like `encode`; returns
-        the canvas's final normed hidden (1, C, H). Committing decoding runs one of these a token
+        the canvas's final normed hidden (B, C, H). Several canvases (a list), all at the same
+        positions right after the new tokens, each see only themselves and the cache: one hidden
+        each, as separate `decode` calls would give. Committing decoding runs one of these a token
         (engine.api.commit_tokens) instead of an encode and a decode: the weights are read once."""
-        T, C = ids.shape[1], canvas.shape[1]
+        canvases = [canvas] if isinstance(canvas, torch.Tensor) else list(canvas)
+        T = ids.shape[1]
+        widths = [c.shape[1] for c in canvases]
         start, W = cache.length, self.config.sliding_window
         cache.reserve(start + T)
-        end = start + T  # the cache's length once the tokens are in; the canvas sits at [end, end + C)
-        positions = torch.arange(start, end + C, device=ids.device)[None]
+        end = start + T  # the cache's length once the tokens are in; every canvas sits at [end, end + C)
+        dev = ids.device
+        positions = torch.cat([torch.arange(start, end, device=dev)]
+                              + [torch.arange(end, end + w, device=dev) for w in widths])[None]
+        n = T + sum(widths)
+        group = torch.cat([torch.zeros(T, dtype=torch.long, device=dev)]
+                          + [torch.full((w,), g + 1, device=dev) for g, w in enumerate(widths)])  # 0: new tokens
+        key_group = torch.cat([torch.zeros(end, dtype=torch.long, device=dev), group[T:]])
         q_pos = positions[0, :, None]
-        k_pos = torch.arange(end + C, device=ids.device)[None, :]
-        is_canvas = positions[0] >= end
-        from_cache = k_pos < end
-        encoder = ~is_canvas[:, None] & (k_pos <= q_pos)
+        k_pos = torch.cat([torch.arange(end, device=dev), positions[0, T:]])[None, :]
+        is_canvas = group > 0
+        from_cache = torch.arange(end + n - T, device=dev)[None, :] < end
+        encoder = ~is_canvas[:, None] & from_cache & (k_pos <= q_pos)
+        own_canvas = is_canvas[:, None] & (key_group[None, :] == group[:, None])
         masks = {}
         for sliding in (False, True):
             window = (k_pos > q_pos - W) if sliding else torch.ones_like(encoder)
             seen = (k_pos >= end - W + 1) if sliding else torch.ones_like(encoder)  # decoder_context's window
-            masks[sliding] = (encoder & window) | (is_canvas[:, None] & (~from_cache | seen))
-        x = torch.cat([self.embed_tokens(ids), self.self_condition(self.embed_tokens(canvas), None)], 1)
+            masks[sliding] = (encoder & window) | (is_canvas[:, None] & from_cache & seen) | own_canvas
+        x = torch.cat([self.embed_tokens(ids)] + [self.self_condition(self.embed_tokens(c), None) for c in canvases],
+                      1)
 
         def attend(i, spec, q, k, v):
             k_all, v_all = cache.write(i, start, k[:, :, :T], v[:, :, :T])
@@ -402,7 +415,8 @@ class DiffusionGemma(nn.Module):
 
         hidden = self.run(x, positions, attend, decoder=is_canvas)
         cache.length = end
-        return hidden[:, T:]
+        out = list(hidden[:, T:].split(widths, dim=1))
+        return out[0] if isinstance(canvas, torch.Tensor) else out
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

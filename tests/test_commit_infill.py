@@ -40,6 +40,8 @@ def test_the_generation_config_carries_the_commit_layout(committing):
     ({"commit_hole": -1}, "commit_hole must be an integer >= 0"),
     ({"commit_hole": 1.5}, "commit_hole must be an integer >= 0"),
     ({"commit_head": 4}, "commit_head needs commit_hole >= 1"),
+    ({"commit_blind": True}, "commit_blind needs commit_hole >= 1"),
+    ({"commit_hole": 2, "commit_blind": "yes"}, "commit_blind must be true or false"),
 ])
 def test_a_bad_commit_layout_is_a_clear_load_error(committing, tmp_path, bad, message):
     root = tmp_path / "ck"
@@ -232,3 +234,26 @@ def test_branches_in_lockstep_decide_as_each_branch_alone(committing):
         assert out == alone[0] and passes == alone[1] and logprob == pytest.approx(alone[2], abs=1e-4)
         assert out[0] == first and len(out) <= 6
     assert max(len(out) for out, _, _ in together) > 2  # rows ran on past their first tokens
+
+
+def test_encode_then_decode_keeps_several_canvases_apart(tmp_path):
+    """Two canvases in one pass (committing decoding's blind view beside its suffix view), rows of a
+    batch too: each gives what its own decoder_logits gives after the encode."""
+    from engine.checkpoint import load_model
+    from engine.model import KVCache
+
+    model, config, _, _ = load_model(write_tiny_checkpoint(tmp_path / "ck", seed=0), dtype="float32")
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(3, config.vocab_size, (2, 90), generator=g)
+    ids = torch.randint(3, config.vocab_size, (2, 1), generator=g)
+    canvases = [torch.randint(3, config.vocab_size, (2, w), generator=g) for w in (1, 6)]
+    with torch.no_grad():
+        apart = KVCache(config, 2, model.dtype, "cpu")
+        model.encode(prompt, apart)
+        model.encode(ids, apart)
+        want = [model.decoder_logits(c, model.decoder_context(apart, 2), apart.length) for c in canvases]
+        fused = KVCache(config, 2, model.dtype, "cpu")
+        model.encode(prompt, fused)
+        got = [model.logits(h) for h in model.encode_then_decode(ids, canvases, fused)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

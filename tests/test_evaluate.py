@@ -181,17 +181,20 @@ def test_the_benchmark_folder_comes_from_the_environment_else_beside_the_working
     assert summary["tasks"] == 1 and (tmp_path / "runs/eval/single-line.baseline.json").is_file()
 
 
-@pytest.mark.parametrize("hole, head", [(1, 0), (3, 4)])
-def test_commit_decoder_commits_the_decoders_first_position_argmax_token_by_token(engine, tmp_path, hole, head):
+@pytest.mark.parametrize("hole, head, blind", [(1, 0, False), (3, 4, False), (3, 4, True)])
+def test_commit_decoder_commits_the_decoders_first_position_argmax_token_by_token(engine, tmp_path, hole, head,
+                                                                                   blind):
     """--decoder commit: each middle token is the argmax (never the noise token itself) of the
     engine's decoder at the first position of a canvas of `hole` noise tokens + the suffix's first
     `head` tokens (+ end of text when the suffix fits), attached after prompt + the middle so far,
-    recomputed here from a fresh cache for every token; eval-infilling scores it like the others."""
+    recomputed here from a fresh cache for every token; with `blind`, the argmax of that canvas's
+    log-probabilities plus a one-position canvas's (its noise drawn after the hole's); eval-infilling
+    scores it like the others."""
     from engine.model import KVCache
     from engine.training.evaluate import CommitDecoder
 
     prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
-    decoder = CommitDecoder(engine, one_line=False, seed=3, hole=hole, head=head)
+    decoder = CommitDecoder(engine, one_line=False, seed=3, hole=hole, head=head, blind=blind)
     middle = decoder.infill(prefix, suffix, max_middle_tokens=5)[0]
     tok, model = engine.tokenizer, engine.model
     prompt = [tok.bos_id] + tok.encode(prefix)
@@ -208,6 +211,11 @@ def test_commit_decoder_commits_the_decoders_first_position_argmax_token_by_toke
             canvas = torch.cat([noisy, torch.tensor([clamped], dtype=torch.long)], 1)
             logits = model.decoder_logits(canvas, model.decoder_context(cache, 1), cache.length)[0, 0]
             logits[noisy[0, 0]] = float("-inf")
+            if blind:
+                alone = torch.randint(0, model.config.vocab_size, (1, 1), generator=noise)
+                other = model.decoder_logits(alone, model.decoder_context(cache, 1), cache.length)[0, 0]
+                other[alone[0, 0]] = float("-inf")
+                logits = torch.log_softmax(logits, -1) + torch.log_softmax(other, -1)
             if int(logits.argmax()) in stops:
                 break
             want.append(int(logits.argmax()))
@@ -217,8 +225,8 @@ def test_commit_decoder_commits_the_decoders_first_position_argmax_token_by_toke
     write_tasks(tmp_path / "HumanEval-SingleLineInfilling.jsonl.gz", [ADD])
     summary = eval_infilling(engine, "single-line", None, tmp_path, steps=2, max_middle_tokens=4, heldout=None,
                              out_json=tmp_path / "commit.json", decoder="commit",
-                             decoder_options={"hole": hole, "head": head})
-    assert summary["decoder"] == "commit" and summary["decoder_options"] == {"hole": hole, "head": head}
+                             decoder_options={"hole": hole, "head": head, "blind": blind})
+    assert summary["decoder"] == "commit" and summary["decoder_options"] == {"hole": hole, "head": head, "blind": blind}
 
 
 def test_syntax_pick_takes_the_best_candidate_that_adds_no_syntax_error():

@@ -30,6 +30,9 @@ def add_arguments(p):
     p.add_argument("--commit-hole", type=int, default=1, help="--decoder commit: noise positions a pass")
     p.add_argument("--commit-head", type=int, default=0,
                    help="--decoder commit: suffix tokens clamped after the hole (0: the suffix unseen)")
+    p.add_argument("--commit-blind", action="store_true",
+                   help="--decoder commit: also a one-position canvas, the suffix unseen; the two views' "
+                        "log-probabilities summed")
 
 
 def run(args) -> int:
@@ -40,6 +43,7 @@ def run(args) -> int:
     eval_infilling(engine, args.benchmark, args.limit, tasks_dir, steps=args.steps,
                    max_middle_tokens=args.max_middle_tokens, heldout=args.heldout, out_json=args.out_json,
                    decoder=args.decoder, corpus=args.corpus, command=args.command_line,
-                   decoder_options={"hole": args.commit_hole, "head": args.commit_head}
+                   decoder_options={"hole": args.commit_hole, "head": args.commit_head,
+                                    **({"blind": True} if args.commit_blind else {})}
                    if args.decoder == "commit" else None, candidates=args.candidates)
     return 0

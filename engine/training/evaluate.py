@@ -173,22 +173,25 @@ class CommitDecoder:
     each pass a canvas of `hole` noise positions after the cache, then the suffix's first `head`
     tokens clamped; the first position's argmax is committed; one line for single-line tasks. hole
     1, head 0 (the default): one-position canvases, the suffix unseen, the decoder's left neighbour
-    always in the KV cache (what `--point-holes` trains). The noise token is never picked."""
+    always in the KV cache (what `--point-holes` trains). `blind`: also the one-position canvas, the
+    two views' log-probabilities summed (GenerationConfig.commit_blind). The noise token is never picked."""
 
-    def __init__(self, engine, *, one_line: bool, seed: int = 0, hole: int = 1, head: int = 0):
+    def __init__(self, engine, *, one_line: bool, seed: int = 0, hole: int = 1, head: int = 0, blind: bool = False):
         self.engine, self.one_line, self.seed, self.hole, self.head = engine, one_line, seed, hole, head
+        self.blind = blind
         self.root, self.generation = engine.root, engine.generation
 
     def infill(self, prefix: str, suffix: str, *, max_middle_tokens: int = 48, steps=None, one_line=None,
                num_candidates: int = 1):
         gen = self.engine.generation
-        saved = gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens
-        gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = self.hole, self.head, True
+        saved = gen.commit_hole, gen.commit_head, gen.commit_blind, gen.ignore_noise_tokens
+        gen.commit_hole, gen.commit_head, gen.commit_blind = self.hole, self.head, self.blind
+        gen.ignore_noise_tokens = True
         try:
             return self.engine.infill(prefix, suffix, max_middle_tokens=max_middle_tokens, seed=self.seed,
                                       one_line=self.one_line, num_candidates=num_candidates)
         finally:
-            gen.commit_hole, gen.commit_head, gen.ignore_noise_tokens = saved
+            gen.commit_hole, gen.commit_head, gen.commit_blind, gen.ignore_noise_tokens = saved
 
 
 BASELINES = {"causal": CausalBaseline, "commit": CommitDecoder}  # eval-infilling --decoder, beside "diffusion"
