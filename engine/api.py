@@ -67,10 +67,12 @@ def commit_views(model, gen: GenerationConfig, clamped: torch.Tensor, generators
     with `clamped` (B, K) after it, and with `commit_blind` a one-position noise canvas beside it.
     Returns the canvases and each one's noise token at its first position (B,) (never picked)."""
     V, dev = model.config.vocab_size, model.device
-    draws = [[torch.randint(0, V, (1, gen.commit_hole), generator=g, device=dev)]
-             + ([torch.randint(0, V, (1, 1), generator=g, device=dev)] if gen.commit_blind else []) for g in generators]
-    views = [torch.cat([torch.cat([d[v] for d in draws]), clamped], 1) if v == 0 else torch.cat([d[v] for d in draws])
-             for v in range(len(draws[0]))]
+    holes, blinds = [], []
+    for g in generators:  # per row: the hole's noise, then the blind canvas's
+        holes.append(torch.randint(0, V, (1, gen.commit_hole), generator=g, device=dev))
+        if gen.commit_blind:
+            blinds.append(torch.randint(0, V, (1, 1), generator=g, device=dev))
+    views = [torch.cat([torch.cat(holes), clamped], 1)] + ([torch.cat(blinds)] if blinds else [])
     return views, [view[:, 0] for view in views]
 
 
