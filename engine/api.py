@@ -62,6 +62,19 @@ def trim_line(text: str) -> str:
     return text[: len(text) - len(body) + body.index("\n")] if "\n" in body else text
 
 
+def commit_width(model, gen: GenerationConfig, known: list[int]) -> int:
+    """The committing canvas's width (the hole and what is clamped after it); too wide is an error."""
+    width = gen.commit_hole + len(known)
+    if width > model.config.canvas_length:
+        raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
+    return width
+
+
+def commit_stops(tok: Tokenizer) -> set[int]:
+    """The picks that end a committed middle: end of text, pad, a filler."""
+    return set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+
+
 def commit_views(model, gen: GenerationConfig, clamped: torch.Tensor, generators: list[torch.Generator]):
     """One pass's canvases, rows b drawn from generators[b]: the hole (`commit_hole` noise positions)
     with `clamped` (B, K) after it, and with `commit_blind` a one-position noise canvas beside it.
@@ -108,13 +121,11 @@ def commit_tokens(model, tok: Tokenizer, cache: KVCache, known: list[int], gen: 
     cache yet either, fed with the first pass too. `generator` (default: seeded with `seed`) draws
     the noise; `on_logits` sees each pass's logits at the first position. Returns the tokens, the
     decoder passes and the summed log-probability of the picks (those in `start` not counted)."""
-    width = gen.commit_hole + len(known)
-    if width > model.config.canvas_length:
-        raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
+    commit_width(model, gen, known)
     if generator is None:
         generator = torch.Generator(device=model.device).manual_seed(seed)
     clamped = torch.tensor([known], dtype=torch.long, device=model.device)
-    stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+    stops = commit_stops(tok)
     out: list[int] = list(start)
     passes, logprob = 0, 0.0
     if out and done(out):
@@ -157,20 +168,14 @@ def commit_branches(model, tok: Tokenizer, cache: KVCache, known: list[int], gen
     would. A row stops as commit_tokens stops (`done(branch, tokens so far)`); the others go on.
     Returns (tokens, passes, summed log-probability of the picks after the first) per branch."""
     B = len(firsts)
-    width = gen.commit_hole + len(known)
-    if width > model.config.canvas_length:
-        raise EngineError(f"commit_hole + commit_head ({width}) exceed the canvas length {model.config.canvas_length}")
-    rows = KVCache(model.config, B, model.dtype, model.device, capacity=cache.length + limit + 1)
-    for store, source in ((rows.keys, cache.keys), (rows.values, cache.values)):
-        for i, t in enumerate(source):
-            store[i][:, :, : cache.length] = t[:, :, : cache.length]
-    rows.length = cache.length
+    commit_width(model, gen, known)
+    rows = cache.copy(B, capacity=cache.length + limit + 1)
     state = generator.get_state()
     generators = [torch.Generator(device=model.device) for _ in range(B)]
     for g in generators:
         g.set_state(state)
     clamped = torch.tensor([known] * B, dtype=torch.long, device=model.device).reshape(B, len(known))
-    stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+    stops = commit_stops(tok)
     outs = [[t] for t in firsts]
     alive = [not done(b, outs[b]) for b in range(B)]
     passes, logprobs = [0] * B, [0.0] * B
@@ -472,9 +477,9 @@ class Engine:
         tok, model = self.tokenizer, self.model
         known = commit_known(tok, suf, gen.commit_head)
         prompt = ([tok.bos_id] if tok.bos_id is not None else []) + pre
-        width = gen.commit_hole + len(known)
-        prompt = self.fit_prompt(prompt, self.config.max_position_embeddings - max_middle_tokens - width)
-        stops = set(tok.eos_ids) | {t for t in (tok.pad_id, tok.filler_id) if t is not None}
+        room = self.config.max_position_embeddings - max_middle_tokens - commit_width(model, gen, known)
+        prompt = self.fit_prompt(prompt, room)
+        stops = commit_stops(tok)
 
         def finish(out: list[int], passes: int, logprob: float) -> Infill:
             text = tok.decode(out)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .api import CANVAS_CONTEXT_TOKENS, Engine, Infill, commit_known, commit_tokens
+from .api import CANVAS_CONTEXT_TOKENS, Engine, Infill, commit_known, commit_tokens, commit_width
 from .errors import EngineError
 from .generate import Draft, denoise
 from .infill import candidate_lengths, extract_middle, plan_canvas, stack_plans
@@ -174,11 +174,7 @@ def infill_batch(engine: Engine, holes: list[Hole], caches: PromptCaches, *, ste
                                    engine.config.max_position_embeddings - max(len(p.canvas) for p in plans))
         cache, encoded = caches.prefill(model, hole.client, prompt)
         # a copy of what this hole's rows need, taken before a later hole of the same client re-prefills
-        snapshot = KVCache(engine.config, 1, model.dtype, model.device, capacity=max(cache.length, 1))
-        for store, source in ((snapshot.keys, cache.keys), (snapshot.values, cache.values)):
-            for i, t in enumerate(source):
-                store[i][:, :, : cache.length] = t[:, :, : cache.length]
-        snapshot.length = cache.length
+        snapshot = cache.copy()
         stats.prompt_tokens.append(len(prompt))
         stats.encoded_tokens.append(encoded)
         stats.truncated.append(len(prompt) < len(plans[0].prompt))
@@ -234,7 +230,7 @@ def _commit_each(engine: Engine, holes: list[Hole], caches: PromptCaches, gen, *
             raise EngineError(f"max_middle_tokens must be >= 1, got {hole.max_middle_tokens}")
         known = commit_known(tok, tok.encode(hole.suffix), gen.commit_head)
         full = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(hole.prefix)
-        room = engine.config.max_position_embeddings - hole.max_middle_tokens - gen.commit_hole - len(known)
+        room = engine.config.max_position_embeddings - hole.max_middle_tokens - commit_width(model, gen, known)
         prompt = engine.fit_prompt(full, room)
         cache, encoded = caches.prefill(model, hole.client, prompt)
         stats.prompt_tokens.append(len(prompt))

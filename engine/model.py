@@ -192,6 +192,17 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
+    def copy(self, batch: int = 1, capacity: int | None = None) -> "KVCache":
+        """A new cache holding what this one holds (its `length` positions) in each of `batch` rows
+        (this cache: one row, or `batch` rows), with room for `capacity` positions (default: just
+        those). For work that must not disturb this cache: a batch's snapshot, branches in lockstep."""
+        out = KVCache(self.config, batch, self.dtype, self.device, capacity=max(capacity or self.length, 1))
+        for store, source in ((out.keys, self.keys), (out.values, self.values)):
+            for i, t in enumerate(source):
+                store[i][:, :, : self.length] = t[:, :, : self.length]
+        out.length = self.length
+        return out
+
     def reserve(self, length: int):
         if length <= self.capacity:
             return
